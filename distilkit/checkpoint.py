@@ -1,0 +1,133 @@
+"""Checkpoints: safetensors weights + JSON metadata in one file, written atomically.
+
+Nothing here unpickles: a file is parsed as safetensors (a JSON header and raw tensor bytes)
+or refused. A write goes to a temporary file in the same folder, is flushed to disk, then
+renamed over the target, so a crash mid-write leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .data import _Tokenizer, tokenizer_from_dict
+from .models import config_from_dict, config_to_dict, model_from_config
+
+__all__ = ["CheckpointError", "save_model", "load_model", "load_weights", "write_checkpoint",
+           "read_checkpoint", "atomic_write_bytes"]
+
+FORMAT = "distilkit-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, truncated, foreign, or for a different model."""
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def write_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], meta: dict) -> None:
+    """Save tensors and a JSON-serialisable ``meta`` dict as one safetensors file, atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    blob = st_save(tensors, metadata={"format": FORMAT, "meta": json.dumps(meta)})
+    atomic_write_bytes(path, blob)
+
+
+def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """Read a file written by :func:`write_checkpoint`; never unpickles anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + n])
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable distilkit checkpoint (expected a safetensors file; "
+            f"it may be truncated, or a pickle, which distilkit never loads): {exc}"
+        ) from None
+    meta = header.get("__metadata__", {}) or {}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a distilkit checkpoint "
+            f"(format {meta.get('format')!r}, expected {FORMAT!r})"
+        )
+    return tensors, json.loads(meta["meta"])
+
+
+def save_model(model: torch.nn.Module, path: Union[str, Path], tokenizer: Optional[_Tokenizer] = None,
+               extra: Optional[dict] = None) -> None:
+    """Save a distilkit model's weights, config (and optionally its tokenizer) to ``path``."""
+    if not hasattr(model, "config"):
+        raise TypeError("model must be a distilkit model with a .config (Seq2SeqLSTM or TransformerLM)")
+    meta = {"kind": "model", "config": config_to_dict(model.config), "extra": extra or {}}
+    if tokenizer is not None:
+        meta["tokenizer"] = tokenizer.to_dict()
+    write_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()}, meta)
+
+
+def _model_state(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def load_weights(model: torch.nn.Module, path: Union[str, Path]) -> dict:
+    """Load weights from ``path`` into an existing model; the configs must match exactly.
+
+    Returns the checkpoint's metadata.
+    """
+    tensors, meta = read_checkpoint(path)
+    saved = meta.get("config") or meta.get("model_config")
+    mine = config_to_dict(model.config) if hasattr(model, "config") else None
+    if saved != mine:
+        raise CheckpointError(
+            f"checkpoint {path} was made for a different model config:\n  checkpoint: {saved}\n"
+            f"  model:      {mine}"
+        )
+    model.load_state_dict(_model_state(tensors))
+    return meta
+
+
+def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu"):
+    """Rebuild a model saved by :func:`save_model` (or a training checkpoint).
+
+    Returns ``(model, tokenizer_or_None, metadata)``; the model is in eval mode.
+    """
+    tensors, meta = read_checkpoint(path)
+    config = config_from_dict(meta.get("config") or meta.get("model_config"))
+    model = model_from_config(config)
+    try:
+        model.load_state_dict(_model_state(tensors))
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not match its own config: {exc}") from None
+    tok = tokenizer_from_dict(meta["tokenizer"]) if meta.get("tokenizer") else None
+    return model.to(device).eval(), tok, meta

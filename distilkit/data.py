@@ -1,0 +1,590 @@
+"""Data: tokenizers, the built-in data-to-text task, an English text corpus, and batching.
+
+Nothing here downloads anything. The data-to-text task is generated from a seed (in the
+style of the E2E NLG challenge, Novikova et al. 2017); the language-modelling corpus defaults
+to ``pydoc_data.topics``, the help texts that ship with CPython, or any text file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+__all__ = [
+    "PAD",
+    "BOS",
+    "EOS",
+    "UNK",
+    "IGNORE_INDEX",
+    "WordTokenizer",
+    "CharTokenizer",
+    "load_tokenizer",
+    "DataToTextTask",
+    "DataToTextData",
+    "make_data_to_text",
+    "linearize_mr",
+    "extract_slots",
+    "load_text_corpus",
+    "Seq2SeqBatch",
+    "LMBatch",
+    "collate_seq2seq",
+    "collate_lm",
+    "lm_examples",
+    "BatchIterator",
+]
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+IGNORE_INDEX = -100
+
+
+# ============================================================================ tokenizers
+class _Tokenizer:
+    """Shared vocabulary logic: ids 0..3 are <pad>, <bos>, <eos>, <unk>."""
+
+    kind = "base"
+
+    def __init__(self, tokens: Sequence[str]):
+        tokens = list(tokens)
+        if tokens[: len(SPECIALS)] != list(SPECIALS):
+            tokens = list(SPECIALS) + [t for t in tokens if t not in SPECIALS]
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("tokens must not contain duplicates")
+        self.itos: List[str] = tokens
+        self.stoi: Dict[str, int] = {t: i for i, t in enumerate(tokens)}
+
+    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def split(self, text: str) -> List[str]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def join(self, pieces: List[str]) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> List[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        ids = [self.stoi.get(p, self.unk_id) for p in self.split(text)]
+        return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
+
+    def decode(self, ids: Iterable[int], strip_special: bool = True) -> str:
+        pieces = []
+        for i in ids:
+            i = int(i)
+            if strip_special and i == self.eos_id:
+                break
+            if strip_special and i in (self.pad_id, self.bos_id):
+                continue
+            if not 0 <= i < len(self.itos):
+                raise ValueError(f"token id {i} is outside the vocabulary [0, {len(self.itos)})")
+            pieces.append(self.itos[i])
+        return self.join(pieces)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "tokens": self.itos}
+
+    def save(self, path: Union[str, Path]) -> None:
+        _atomic_write_text(Path(path), json.dumps(self.to_dict(), ensure_ascii=False))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Tokenizer) and self.to_dict() == other.to_dict()
+
+
+class WordTokenizer(_Tokenizer):
+    """Lower-cased words and punctuation as separate tokens; ``decode(encode(s))`` gives back
+    the normalised text (single spaces, no space before punctuation)."""
+
+    kind = "word"
+    _re = re.compile(r"[a-z0-9£]+(?:['-][a-z0-9]+)*|[^\sa-z0-9£]")
+
+    def split(self, text: str) -> List[str]:
+        return self._re.findall(text.lower())
+
+    def join(self, pieces: List[str]) -> str:
+        out = ""
+        for p in pieces:
+            if out and not re.fullmatch(r"[.,!?;:]", p):
+                out += " "
+            out += p
+        return out
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> "WordTokenizer":
+        probe = cls(list(SPECIALS))
+        vocab = sorted({w for t in texts for w in probe.split(t)})
+        return cls(list(SPECIALS) + vocab)
+
+
+class CharTokenizer(_Tokenizer):
+    """One token per character; round-trips exactly for characters seen when it was built."""
+
+    kind = "char"
+
+    def split(self, text: str) -> List[str]:
+        return list(text)
+
+    def join(self, pieces: List[str]) -> str:
+        return "".join(p if p not in SPECIALS else "" for p in pieces)
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> "CharTokenizer":
+        chars = sorted({c for t in texts for c in t})
+        return cls(list(SPECIALS) + chars)
+
+
+def tokenizer_from_dict(d: dict) -> _Tokenizer:
+    if not isinstance(d, dict) or "kind" not in d or "tokens" not in d:
+        raise ValueError("a tokenizer description needs 'kind' and 'tokens'")
+    kinds = {"word": WordTokenizer, "char": CharTokenizer}
+    if d["kind"] not in kinds:
+        raise ValueError(f"unknown tokenizer kind {d['kind']!r}; expected one of {sorted(kinds)}")
+    return kinds[d["kind"]](d["tokens"])
+
+
+def load_tokenizer(path: Union[str, Path]) -> _Tokenizer:
+    """Load a tokenizer written by ``tokenizer.save(path)``."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"tokenizer file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"tokenizer file {path} is not valid JSON: {exc}") from None
+    return tokenizer_from_dict(d)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# ============================================================================ data-to-text
+# The lexicon: every attribute value has one or more surface forms. Surface forms are unique
+# across the whole lexicon, so slots can be read back from a text exactly (slot error rate).
+NAMES = [
+    "the eagle", "the mill", "blue spice", "the punter", "green man", "the phoenix", "zizzi",
+    "aromi", "the vaults", "cocum", "the wrestlers", "giraffe", "the cricketers", "loch fyne",
+    "the rice boat", "wildwood", "clowns", "the plough", "browns cambridge", "fitzbillies",
+    "the golden curry", "alimentum", "midsummer house", "strada", "taste of cambridge",
+    "the waterman", "cotto", "bibimbap house", "the dumpling tree", "the olive grove",
+    "travellers rest beefeater", "the twenty two", "the cambridge blue", "red lion", "the copper pot",
+    "saffron court", "the little fox", "hazel tree", "the blue door", "marlowe's",
+]
+NEAR = [
+    "the bakers", "crowne plaza hotel", "burger king", "the sorrento", "all bar one",
+    "yippee noodle bar", "café rouge", "raja indian cuisine", "avalon", "the portland arms",
+    "express by holiday inn", "rainbow vegetarian café", "café sicilia", "ranch", "the six bells",
+    "clare hall", "the bridge", "the market square", "the old station", "the bell tower",
+]
+FOOD = ["italian", "french", "chinese", "indian", "japanese", "english", "american", "mexican",
+        "thai", "spanish", "greek", "korean"]
+EAT_TYPE = ["restaurant", "pub", "coffee shop", "bistro", "wine bar"]
+PRICE = {
+    "cheap": ["cheap", "low-priced"],
+    "moderate": ["moderately priced", "mid-priced"],
+    "expensive": ["expensive", "high-priced"],
+    "luxury": ["luxury-priced", "very expensive"],
+}
+AREA = ["city centre", "riverside", "old town", "harbour", "university quarter", "north end"]
+RATING = ["1 out of 5", "2 out of 5", "3 out of 5", "4 out of 5", "5 out of 5"]
+FAMILY = {"yes": ["family friendly", "kid friendly"], "no": ["not family friendly", "adults only"]}
+HOURS = {"late": ["open late", "open until midnight"], "early": ["closed in the evening", "closed after 8 pm"]}
+
+ATTRIBUTES = ("name", "eat_type", "food", "price", "area", "rating", "family", "near", "hours")
+OPTIONAL = ATTRIBUTES[1:]
+
+# clause templates per attribute; {n} = name or a pronoun subject, {v} = value surface form
+TEMPLATES: Dict[str, List[str]] = {
+    "eat_type": ["{n} is a {v}", "{n} is a {v} venue", "{n} is run as a {v}"],
+    "food": ["{n} serves {v} food", "{n} offers {v} dishes", "{n} has a {v} menu",
+             "{n} specialises in {v} cuisine", "{n} cooks {v} food"],
+    "price": ["{n} is {v}", "{n} has {v} meals", "{n} is a {v} choice", "{n} is a {v} place"],
+    "area": ["{n} is in the {v}", "{n} is located in the {v} area", "{n} can be found in the {v}",
+             "{n} sits in the {v}"],
+    "rating": ["{n} is rated {v}", "{n} has a customer rating of {v}", "customers rate {n} {v}",
+               "{n} holds a rating of {v}"],
+    "family": ["{n} is {v}", "{n} is described as {v}", "{n} is considered {v}"],
+    "near": ["{n} is near {v}", "{n} is close to {v}", "{n} is just by {v}", "{n} stands next to {v}"],
+    "hours": ["{n} is {v}", "{n} is usually {v}", "on weekdays {n} is {v}"],
+}
+PRONOUNS = ["it", "the venue", "this place"]
+
+
+def _surface_forms(attribute: str, value: str) -> List[str]:
+    table = {"price": PRICE, "family": FAMILY, "hours": HOURS}
+    if attribute in table:
+        return table[attribute][value]
+    return [value]
+
+
+def _values(attribute: str) -> List[str]:
+    return {
+        "name": NAMES, "near": NEAR, "food": FOOD, "eat_type": EAT_TYPE, "area": AREA,
+        "rating": RATING, "price": list(PRICE), "family": list(FAMILY), "hours": list(HOURS),
+    }[attribute]
+
+
+def linearize_mr(mr: Dict[str, str]) -> str:
+    """The model input for a meaning representation: ``name : the eagle | food : thai | ...``."""
+    return " | ".join(f"{a} : {mr[a]}" for a in ATTRIBUTES if a in mr)
+
+
+_WORDS = WordTokenizer(list(SPECIALS))
+
+
+def _lexicon_forms() -> List[Tuple[str, str, str]]:
+    forms = []
+    for a in ATTRIBUTES:
+        for v in _values(a):
+            for f in _surface_forms(a, v):
+                forms.append((" " + " ".join(_WORDS.split(f)) + " ", a, v))
+    return sorted(forms, key=lambda x: -len(x[0]))
+
+
+_FORMS = _lexicon_forms()
+
+
+def extract_slots(text: str) -> Dict[str, set]:
+    """Read the attribute values that a text mentions, using the task's lexicon.
+
+    Returns ``{attribute: {values}}``. Longer surface forms are matched first and removed, so
+    ``not family friendly`` is not also read as ``family friendly``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    s = " " + " ".join(_WORDS.split(text)) + " "
+    found: Dict[str, set] = {}
+    for form, a, v in _FORMS:
+        while form in s:
+            found.setdefault(a, set()).add(v)
+            s = s.replace(form, " # ", 1)
+    return found
+
+
+@dataclass
+class DataToTextTask:
+    """A seeded generator of meaning representations (MRs) and their English descriptions.
+
+    Each MR has a name and ``min_slots``..``max_slots`` further attributes. A description
+    mentions every attribute once, in a random order, with a random phrasing, split into one to
+    three sentences, so one MR has many correct descriptions.
+    """
+
+    min_slots: int = 3
+    max_slots: int = 7
+
+    def sample_mr(self, rng: random.Random) -> Dict[str, str]:
+        k = rng.randint(self.min_slots, self.max_slots)
+        chosen = rng.sample(OPTIONAL, k)
+        mr = {"name": rng.choice(NAMES)}
+        for a in ATTRIBUTES[1:]:
+            if a in chosen:
+                mr[a] = rng.choice(_values(a))
+        return mr
+
+    def realise(self, mr: Dict[str, str], rng: random.Random) -> str:
+        slots = [a for a in ATTRIBUTES[1:] if a in mr]
+        rng.shuffle(slots)
+        n_sent = min(len(slots), rng.choice([1, 2, 2, 3]))
+        cuts = sorted(rng.sample(range(1, len(slots)), n_sent - 1)) if n_sent > 1 else []
+        groups = [slots[i:j] for i, j in zip([0] + cuts, cuts + [len(slots)])]
+        sentences = []
+        for gi, group in enumerate(groups):
+            clauses = []
+            for ci, a in enumerate(group):
+                subject = mr["name"] if (gi == 0 and ci == 0) else rng.choice(PRONOUNS)
+                if ci > 0:
+                    subject = "it"
+                value = rng.choice(_surface_forms(a, mr[a]))
+                template = rng.choice(TEMPLATES[a])
+                clause = template.format(n=subject, v=value)
+                clauses.append(clause)
+            if len(clauses) == 1:
+                sentence = clauses[0]
+            else:
+                sentence = " , ".join(clauses[:-1]) + " and " + clauses[-1]
+            sentences.append(sentence.strip(" ,") + " .")
+        text = " ".join(sentences)
+        if len(slots) == 0:
+            text = f"{mr['name']} is a place to eat ."
+        return _WORDS.join(_WORDS.split(text))
+
+
+@dataclass
+class DataToTextData:
+    """Fixed splits of the data-to-text task.
+
+    * ``train``: (mr, text) pairs with one reference each -- the small labelled set;
+    * ``transfer``: MRs with no reference -- inputs a teacher can label;
+    * ``valid``: (mr, text) pairs; ``test``: (mr, [references]) with ``num_refs`` each;
+    * ``teacher_train``: a large labelled set, used only to train the teacher.
+    """
+
+    train: List[Tuple[Dict[str, str], str]]
+    transfer: List[Dict[str, str]]
+    valid: List[Tuple[Dict[str, str], str]]
+    test: List[Tuple[Dict[str, str], List[str]]]
+    teacher_train: List[Tuple[Dict[str, str], str]]
+    tokenizer: WordTokenizer
+    seed: int = 0
+    info: dict = field(default_factory=dict)
+
+    def encode_pairs(self, pairs: Sequence[Tuple[Dict[str, str], str]]) -> List[Tuple[List[int], List[int]]]:
+        tok = self.tokenizer
+        return [(tok.encode(linearize_mr(mr)), tok.encode(t, add_eos=True)) for mr, t in pairs]
+
+    def encode_inputs(self, mrs: Sequence[Dict[str, str]]) -> List[List[int]]:
+        return [self.tokenizer.encode(linearize_mr(mr)) for mr in mrs]
+
+
+def _all_lexicon_text() -> List[str]:
+    texts = [" ".join(TEMPLATES[a]) for a in TEMPLATES] + [" ".join(PRONOUNS)]
+    for a in ATTRIBUTES:
+        texts.append(a)
+        for v in _values(a):
+            texts.append(v)
+            texts.extend(_surface_forms(a, v))
+    texts.append("| : . , and is a place to eat")
+    return texts
+
+
+def make_data_to_text(
+    seed: int = 0,
+    num_train: int = 400,
+    num_transfer: int = 6000,
+    num_valid: int = 200,
+    num_test: int = 400,
+    num_refs: int = 8,
+    num_teacher_train: int = 40000,
+    task: Optional[DataToTextTask] = None,
+) -> DataToTextData:
+    """Generate the data-to-text splits. The same arguments always give the same data, and no
+    test MR occurs in any training split."""
+    for name, value in [("num_train", num_train), ("num_valid", num_valid), ("num_test", num_test),
+                        ("num_refs", num_refs)]:
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, value in [("num_transfer", num_transfer), ("num_teacher_train", num_teacher_train)]:
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    task = task or DataToTextTask()
+    rng = random.Random(seed)
+    seen = set()
+
+    def fresh_mr():
+        while True:
+            mr = task.sample_mr(rng)
+            key = linearize_mr(mr)
+            if key not in seen:
+                seen.add(key)
+                return mr
+
+    test = []
+    for _ in range(num_test):
+        mr = fresh_mr()
+        test.append((mr, [task.realise(mr, rng) for _ in range(num_refs)]))
+    valid = [(mr, task.realise(mr, rng)) for mr in (fresh_mr() for _ in range(num_valid))]
+    train = [(mr, task.realise(mr, rng)) for mr in (fresh_mr() for _ in range(num_train))]
+    transfer = [fresh_mr() for _ in range(num_transfer)]
+    teacher_train = [(mr, task.realise(mr, rng)) for mr in (fresh_mr() for _ in range(num_teacher_train))]
+    tokenizer = WordTokenizer.from_texts(_all_lexicon_text() + [t for _, t in train])
+    return DataToTextData(
+        train=train, transfer=transfer, valid=valid, test=test, teacher_train=teacher_train,
+        tokenizer=tokenizer, seed=seed,
+        info={"num_train": num_train, "num_transfer": num_transfer, "num_valid": num_valid,
+              "num_test": num_test, "num_refs": num_refs, "num_teacher_train": num_teacher_train},
+    )
+
+
+# ============================================================================ LM corpus
+def load_text_corpus(path: Optional[Union[str, Path]] = None, max_chars: Optional[int] = None) -> str:
+    """English text for language modelling: the file at ``path``, or by default the help
+    topics that ship with CPython (``pydoc_data.topics``, about 465 KB)."""
+    if path is None:
+        from pydoc_data import topics
+
+        text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"corpus path {p} is not a file")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"corpus file {p} is not UTF-8 text: {exc}") from None
+    if not text.strip():
+        raise ValueError(f"corpus {path or 'pydoc_data.topics'} is empty")
+    return text[:max_chars] if max_chars else text
+
+
+def lm_examples(ids: Sequence[int], block_size: int, stride: Optional[int] = None) -> List[List[int]]:
+    """Cut a token stream into windows of ``block_size + 1`` tokens (input + shifted target)."""
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    stride = stride or block_size
+    n = len(ids)
+    if n < block_size + 1:
+        raise ValueError(f"the corpus has {n} tokens, fewer than block_size + 1 = {block_size + 1}")
+    return [list(ids[i : i + block_size + 1]) for i in range(0, n - block_size, stride)]
+
+
+# ============================================================================ batching
+@dataclass
+class Seq2SeqBatch:
+    """src: (batch, src_len) ids, right-padded; src_lengths: (batch,);
+    decoder_input: (batch, tgt_len) = <bos> + target[:-1]; labels: (batch, tgt_len) with
+    ``IGNORE_INDEX`` at padding."""
+
+    src: torch.Tensor
+    src_lengths: torch.Tensor
+    decoder_input: torch.Tensor
+    labels: torch.Tensor
+    teacher_logits: Optional[torch.Tensor] = None  # (batch, tgt_len, vocab) when cached
+
+    def to(self, device) -> "Seq2SeqBatch":
+        tl = None if self.teacher_logits is None else self.teacher_logits.to(device)
+        return Seq2SeqBatch(self.src.to(device), self.src_lengths, self.decoder_input.to(device),
+                            self.labels.to(device), tl)
+
+    def __len__(self) -> int:
+        return self.src.shape[0]
+
+
+@dataclass
+class LMBatch:
+    """input_ids: (batch, seq); labels: (batch, seq), the inputs shifted by one, padding =
+    ``IGNORE_INDEX``."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    teacher_logits: Optional[torch.Tensor] = None  # (batch, seq, vocab) when cached
+
+    def to(self, device) -> "LMBatch":
+        tl = None if self.teacher_logits is None else self.teacher_logits.to(device)
+        return LMBatch(self.input_ids.to(device), self.labels.to(device), tl)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return out
+
+
+def _pad_logits(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), width, rows[0].shape[-1], dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+    return out
+
+
+def collate_seq2seq(examples: Sequence[Tuple[Sequence[int], Sequence[int]]], pad_id: int = 0,
+                    bos_id: int = 1) -> Seq2SeqBatch:
+    """Pad (source ids, target ids ending in <eos>) pairs into a :class:`Seq2SeqBatch`.
+
+    An example may carry a third element, the teacher's logits for its target,
+    (tgt_len, vocab) -- see :func:`distilkit.train.precompute_teacher_logits`.
+    """
+    if len(examples) == 0:
+        raise ValueError("examples must not be empty")
+    for i, ex in enumerate(examples):
+        if not (isinstance(ex, (tuple, list)) and len(ex) in (2, 3)):
+            raise TypeError(f"examples[{i}] must be a (source_ids, target_ids[, teacher_logits]) tuple")
+        if len(ex[0]) == 0 or len(ex[1]) == 0:
+            raise ValueError(f"examples[{i}] has an empty source or target")
+    src = [list(ex[0]) for ex in examples]
+    tgt = [list(ex[1]) for ex in examples]
+    labels = _pad(tgt, IGNORE_INDEX)
+    dec_in = _pad([[bos_id] + t[:-1] for t in tgt], pad_id)
+    cached = [ex[2] for ex in examples if len(ex) == 3]
+    if cached and len(cached) != len(examples):
+        raise ValueError("either every example in a batch carries teacher logits or none does")
+    tl = _pad_logits(cached, labels.shape[1]) if cached else None
+    return Seq2SeqBatch(_pad(src, pad_id), torch.tensor([len(s) for s in src]), dec_in, labels, tl)
+
+
+def collate_lm(examples: Sequence, pad_id: int = 0) -> LMBatch:
+    """Pad windows of ``n + 1`` token ids into an :class:`LMBatch` (input = [:-1], label = [1:]).
+
+    An example may instead be a pair ``(window, teacher_logits)`` with logits (n, vocab).
+    """
+    if len(examples) == 0:
+        raise ValueError("examples must not be empty")
+    cached = [ex[1] for ex in examples if isinstance(ex, tuple) and len(ex) == 2
+              and isinstance(ex[1], torch.Tensor)]
+    if cached and len(cached) != len(examples):
+        raise ValueError("either every example in a batch carries teacher logits or none does")
+    windows = [ex[0] for ex in examples] if cached else list(examples)
+    for i, ex in enumerate(windows):
+        if len(ex) < 2:
+            raise ValueError(f"examples[{i}] needs at least 2 tokens (an input and a target)")
+    inputs = _pad([list(e[:-1]) for e in windows], pad_id)
+    labels = _pad([list(e[1:]) for e in windows], IGNORE_INDEX)
+    return LMBatch(inputs, labels, _pad_logits(cached, labels.shape[1]) if cached else None)
+
+
+class BatchIterator:
+    """Endless, seeded, resumable batches: shuffles ``examples`` once per epoch with a
+    generator seeded by ``(seed, epoch)``; ``state_dict()`` / ``load_state_dict()`` record the
+    position so a resumed run sees exactly the batches the interrupted one would have seen."""
+
+    def __init__(self, examples: Sequence, batch_size: int, collate, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = False):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if len(examples) == 0:
+            raise ValueError("examples must not be empty: there is nothing to train on")
+        self.examples, self.batch_size, self.collate = examples, batch_size, collate
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.epoch, self.position = 0, 0
+        self._order = self._make_order()
+
+    def _make_order(self) -> List[int]:
+        if not self.shuffle:
+            return list(range(len(self.examples)))
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return torch.randperm(len(self.examples), generator=g).tolist()
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        n = len(self.examples)
+        end = self.position + self.batch_size
+        if self.position >= n or (self.drop_last and end > n):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._make_order()
+            end = self.batch_size
+        idx = self._order[self.position : min(end, n)]
+        self.position = min(end, n)
+        return self.collate([self.examples[i] for i in idx])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._make_order()

@@ -1,0 +1,161 @@
+"""Metrics: perplexity, multi-reference corpus BLEU (sacreBLEU), slot error rate for the
+data-to-text task, teacher-student agreement, and greedy decoding speed."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .data import IGNORE_INDEX, extract_slots
+from .generate import greedy
+from .losses import per_token_divergence
+from .train import default_collate, evaluate_loss
+
+__all__ = [
+    "perplexity",
+    "corpus_bleu",
+    "slot_errors",
+    "slot_error_rate",
+    "agreement",
+    "decoding_speed",
+    "SlotErrors",
+]
+
+
+def perplexity(model: nn.Module, examples: Sequence, collate: Optional[Callable] = None,
+               batch_size: int = 256) -> float:
+    """``exp`` of the token-mean cross-entropy of ``model`` on ``examples`` (teacher forcing)."""
+    return math.exp(evaluate_loss(model, examples, collate, batch_size))
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus BLEU (Papineni et al., 2002) computed by sacreBLEU (Post, 2018).
+
+    hypotheses: one string per input; references: for each input, a list of reference strings
+    (any number >= 1; inputs may have different numbers). Returns BLEU in [0, 100].
+    """
+    import sacrebleu
+
+    if isinstance(hypotheses, str) or len(hypotheses) != len(references):
+        raise ValueError(
+            f"hypotheses ({len(hypotheses)}) and references ({len(references)}) must be lists of equal length"
+        )
+    if len(hypotheses) == 0:
+        raise ValueError("hypotheses must not be empty")
+    for i, refs in enumerate(references):
+        if isinstance(refs, str) or len(refs) == 0:
+            raise ValueError(f"references[{i}] must be a non-empty list of strings")
+    width = max(len(r) for r in references)
+    # sacreBLEU takes reference *streams*; None marks a missing reference for an input
+    streams = [[refs[j] if j < len(refs) else None for refs in references] for j in range(width)]
+    return float(sacrebleu.corpus_bleu(list(hypotheses), streams, tokenize="13a").score)
+
+
+@dataclass
+class SlotErrors:
+    """Counts for the slot error rate (Wen et al., 2015): ``(missing + wrong + added) / slots``."""
+
+    slots: int = 0
+    missing: int = 0
+    wrong: int = 0
+    added: int = 0
+
+    @property
+    def rate(self) -> float:
+        return (self.missing + self.wrong + self.added) / max(self.slots, 1)
+
+
+def slot_errors(mrs: Sequence[Dict[str, str]], texts: Sequence[str]) -> SlotErrors:
+    """Compare each text with its meaning representation: a slot is *missing* if its value is
+    not mentioned, *wrong* if another value of that attribute is mentioned instead (or as
+    well), and *added* for every attribute the text mentions that the MR does not have."""
+    if len(mrs) != len(texts):
+        raise ValueError(f"mrs ({len(mrs)}) and texts ({len(texts)}) must have equal length")
+    e = SlotErrors()
+    for mr, text in zip(mrs, texts):
+        found = extract_slots(text)
+        for attribute, value in mr.items():
+            e.slots += 1
+            values = found.get(attribute, set())
+            if value not in values:
+                if values:
+                    e.wrong += 1
+                else:
+                    e.missing += 1
+            elif len(values) > 1:
+                e.wrong += 1
+        e.added += sum(1 for a in found if a not in mr)
+    return e
+
+
+def slot_error_rate(mrs: Sequence[Dict[str, str]], texts: Sequence[str]) -> float:
+    """Slot error rate as a fraction in [0, inf) (added slots can push it above 1)."""
+    return slot_errors(mrs, texts).rate
+
+
+@torch.no_grad()
+def agreement(student: nn.Module, teacher: nn.Module, examples: Sequence,
+              collate: Optional[Callable] = None, batch_size: int = 256,
+              temperature: float = 1.0) -> Dict[str, float]:
+    """How closely the student imitates the teacher on held-out ``examples`` (teacher forcing):
+    ``top1``: fraction of target positions where both arg-maxes agree; ``kl``: mean
+    KL(teacher || student) per position, in nats."""
+    collate = collate or default_collate(student)
+    device = next(student.parameters()).device
+    s_was, t_was = student.training, teacher.training
+    student.eval()
+    teacher.eval()
+    agree = kl = count = 0.0
+    try:
+        for i in range(0, len(examples), batch_size):
+            batch = collate(examples[i : i + batch_size]).to(device)
+            s, t = student(batch).float(), teacher(batch).float()
+            mask = batch.labels != IGNORE_INDEX
+            agree += ((s.argmax(-1) == t.argmax(-1)) & mask).sum().item()
+            kl += per_token_divergence(s, t, temperature=temperature)[mask].sum().item()
+            count += mask.sum().item()
+    finally:
+        student.train(s_was)
+        teacher.train(t_was)
+    return {"top1": agree / max(count, 1), "kl": kl / max(count, 1)}
+
+
+@torch.no_grad()
+def decoding_speed(model: nn.Module, inputs: Sequence[Sequence[int]], new_tokens: int = 30,
+                   repeats: int = 1) -> float:
+    """Greedy tokens per second at batch size 1, decoding exactly ``new_tokens`` tokens per
+    input (``<eos>`` is ignored so that every model does the same work)."""
+    if len(inputs) == 0:
+        raise ValueError("inputs must not be empty")
+    model.eval()
+
+    greedy(model, [list(inputs[0])], max_new_tokens=min(new_tokens, 3), stop_at_eos=False)  # warm-up
+    n = 0
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for x in inputs:
+            out = greedy(model, [list(x)], max_new_tokens=new_tokens, stop_at_eos=False)
+            n += len(out[0])
+    return n / (time.perf_counter() - start)
+
+
+def bleu_and_ser(model: nn.Module, data, split: str = "test", max_new_tokens: int = 80,
+                 batch_size: int = 200, method: str = "greedy", **kwargs) -> Dict[str, object]:
+    """Decode a data-to-text split and score it: BLEU against all references and the slot
+    error rate. Returns ``{"bleu", "slot_error_rate", "outputs"}``."""
+    from .generate import generate
+
+    items = getattr(data, split)
+    mrs = [mr for mr, _ in items]
+    refs = [r if isinstance(r, list) else [r] for _, r in items]
+    inputs = data.encode_inputs(mrs)
+    outs: List[str] = []
+    for i in range(0, len(inputs), batch_size):
+        ids = generate(model, inputs[i : i + batch_size], method=method, max_new_tokens=max_new_tokens, **kwargs)
+        outs.extend(data.tokenizer.decode(x) for x in ids)
+    return {"bleu": corpus_bleu(outs, refs), "slot_error_rate": slot_error_rate(mrs, outs), "outputs": outs}

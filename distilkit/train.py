@@ -1,0 +1,545 @@
+"""One training loop for teachers (hard labels) and students (distillation).
+
+The loop is ordinary PyTorch -- AdamW, warm-up + cosine schedule, gradient clipping,
+gradient accumulation, bf16 autocast on CUDA, periodic validation -- with one pluggable
+step: the *targets*. A :class:`Targets` object turns a batch into what the student learns
+from: the labels alone (:class:`HardLabels`), or the labels plus a frozen teacher's logits
+(:class:`TeacherLogits`, word-level KD). Sequence-level KD changes the data instead
+(:func:`sequence_level_data`: the teacher's own outputs become the labels).
+
+Gradient accumulation is exact: the loss of every micro-batch is a *sum* over its tokens,
+divided by the token count of the whole accumulated batch, so ``grad_accum=4`` with batch 16
+gives the gradient of batch 64 however the padding falls.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from .data import IGNORE_INDEX, BatchIterator, collate_lm, collate_seq2seq
+from .generate import beam_search, greedy
+from .losses import DIVERGENCES, _check_temperature, _check_unit, distillation_loss
+from .models import config_to_dict
+
+__all__ = [
+    "TrainConfig",
+    "KDConfig",
+    "History",
+    "Targets",
+    "HardLabels",
+    "TeacherLogits",
+    "CachedTeacherLogits",
+    "precompute_teacher_logits",
+    "resolve_device",
+    "train",
+    "distill",
+    "evaluate_loss",
+    "sequence_level_data",
+    "default_collate",
+]
+
+
+# ============================================================================ configs
+@dataclass
+class TrainConfig:
+    """How to train. ``batch_size`` is the micro-batch; one optimizer step sees
+    ``batch_size * grad_accum`` examples."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.05
+    clip_norm: Optional[float] = 1.0
+    eval_every: int = 100
+    eval_batch_size: int = 256
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    checkpoint_dir: Optional[str] = None
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    resume: bool = True
+    restore_best: bool = False
+    progress: bool = True
+    desc: str = "train"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size",
+                     "checkpoint_every", "keep_checkpoints"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"TrainConfig.clip_norm must be > 0 or None, got {self.clip_norm!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+
+
+@dataclass
+class KDConfig:
+    """How to distil: ``alpha * T^2 * divergence + (1 - alpha) * cross-entropy`` (see
+    :func:`distilkit.losses.distillation_loss`)."""
+
+    temperature: float = 1.0
+    alpha: float = 0.5
+    divergence: str = "forward_kl"
+    beta: float = 0.5
+    t2_scale: bool = True
+
+    def __post_init__(self):
+        self.temperature = _check_temperature(self.temperature)
+        self.alpha = _check_unit("KDConfig.alpha", self.alpha, False, False)
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"KDConfig.divergence must be one of {', '.join(DIVERGENCES)}; "
+                             f"got {self.divergence!r}")
+        if self.divergence == "jsd":
+            _check_unit("KDConfig.beta (for jsd)", self.beta, True, True)
+        elif self.divergence.startswith("skew_"):
+            _check_unit(f"KDConfig.beta (for {self.divergence})", self.beta, False, True)
+
+
+@dataclass
+class History:
+    """What happened during training, for plots: per-step loss and learning rate, and the
+    validation loss (token-mean cross-entropy, nats) at every evaluation."""
+
+    step: List[int] = field(default_factory=list)
+    train_loss: List[float] = field(default_factory=list)
+    lr: List[float] = field(default_factory=list)
+    valid_step: List[int] = field(default_factory=list)
+    valid_loss: List[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**d)
+
+    @property
+    def best_valid_loss(self) -> float:
+        return min(self.valid_loss) if self.valid_loss else float("nan")
+
+
+# ============================================================================ targets
+class Targets:
+    """The pluggable step: turn a batch into ``(batch, teacher_logits or None)``.
+
+    Subclasses may replace the batch (for example with student samples for on-policy KD)."""
+
+    teacher: Optional[nn.Module] = None
+    kd: Optional[KDConfig] = None
+
+    def __call__(self, batch, student: nn.Module):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class HardLabels(Targets):
+    """Plain maximum likelihood on the batch's labels (how a teacher or a baseline is trained)."""
+
+    def __call__(self, batch, student):
+        return batch, None
+
+
+class TeacherLogits(Targets):
+    """Word-level KD: the frozen teacher's logits at every target position.
+
+    The teacher is put in eval mode and run under ``torch.no_grad()``; its parameters are
+    never updated, whatever their ``requires_grad`` flag says.
+    """
+
+    def __init__(self, teacher: nn.Module, kd: Optional[KDConfig] = None):
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+        self.teacher = teacher
+        self.kd = kd or KDConfig()
+
+    @torch.no_grad()
+    def __call__(self, batch, student):
+        self.teacher.eval()
+        return batch, self.teacher(batch)
+
+
+class CachedTeacherLogits(Targets):
+    """Word-level KD from teacher logits stored with the examples (see
+    :func:`precompute_teacher_logits`): the teacher runs once, not at every step."""
+
+    def __init__(self, kd: Optional[KDConfig] = None):
+        self.kd = kd or KDConfig()
+
+    def __call__(self, batch, student):
+        if getattr(batch, "teacher_logits", None) is None:
+            raise ValueError("CachedTeacherLogits needs examples made by precompute_teacher_logits()")
+        return batch, batch.teacher_logits.float()
+
+
+@torch.no_grad()
+def precompute_teacher_logits(
+    teacher: nn.Module,
+    examples: Sequence,
+    *,
+    collate: Optional[Callable] = None,
+    batch_size: int = 256,
+    dtype: torch.dtype = torch.float16,
+    progress: bool = True,
+) -> list:
+    """Run the frozen teacher once over ``examples`` and attach its logits to each of them.
+
+    Returns new examples ``(*example, logits)`` where logits has shape (tgt_len, vocab) and
+    ``dtype`` (float16 halves the memory; the loss upcasts). Use with :class:`CachedTeacherLogits`.
+    """
+    collate = collate or default_collate(teacher)
+    device = next(teacher.parameters()).device
+    was = teacher.training
+    teacher.eval()
+    out = []
+    try:
+        for i in tqdm(range(0, len(examples), batch_size), desc="teacher logits", disable=not progress):
+            chunk = examples[i : i + batch_size]
+            batch = collate(chunk).to(device)
+            logits = teacher(batch).to(dtype).cpu()
+            for j, ex in enumerate(chunk):
+                n = int((batch.labels[j] != IGNORE_INDEX).sum())
+                row = logits[j, :n].clone()
+                out.append((*ex, row) if isinstance(ex, tuple) else (ex, row))
+    finally:
+        teacher.train(was)
+    return out
+
+
+# ============================================================================ helpers
+def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is checked."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
+    return dev
+
+
+def default_collate(model: nn.Module) -> Callable:
+    kind = getattr(model, "kind", None)
+    if kind == "seq2seq":
+        return collate_seq2seq
+    if kind == "lm":
+        return collate_lm
+    raise TypeError("pass collate= for a model that is not a distilkit Seq2SeqLSTM or TransformerLM")
+
+
+def _lr_lambda(config: TrainConfig):
+    def f(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _autocast(device: torch.device, amp: bool):
+    enabled = amp and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, examples: Sequence, collate: Optional[Callable] = None,
+                  batch_size: int = 256, device: Union[str, torch.device, None] = None) -> float:
+    """Token-mean cross-entropy (nats) of ``model`` on ``examples``; ``exp`` of it is perplexity."""
+    if len(examples) == 0:
+        raise ValueError("examples must not be empty")
+    collate = collate or default_collate(model)
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(0, len(examples), batch_size):
+            batch = collate(examples[i : i + batch_size]).to(device)
+            logits = model(batch).float()
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1),
+                                     ignore_index=IGNORE_INDEX, reduction="sum").item()
+            count += int((batch.labels != IGNORE_INDEX).sum())
+    finally:
+        model.train(was)
+    return total / max(count, 1)
+
+
+def _check_pair(student: nn.Module, teacher: Optional[nn.Module]) -> None:
+    if teacher is None:
+        return
+    if teacher is student:
+        raise ValueError("teacher and student must be different models (got the same object)")
+    sv = getattr(getattr(student, "config", None), "vocab_size", None)
+    tv = getattr(getattr(teacher, "config", None), "vocab_size", None)
+    if sv is not None and tv is not None and sv != tv:
+        raise ValueError(
+            f"student vocab size ({sv}) differs from teacher vocab size ({tv}): word-level KD "
+            "needs one shared tokenizer"
+        )
+
+
+# ---------------------------------------------------------------------------- checkpoints
+_CKPT = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+def _checkpoints(folder: Path) -> List[Tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name))]
+    return sorted(found)
+
+
+def _save_state(folder: Path, step: int, model, optimizer, scheduler, iterator, history, config, kd):
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        for key, val in st.items():
+            t = val if isinstance(val, torch.Tensor) else torch.tensor(val)
+            tensors[f"optim.{pid}.{key}"] = t
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    meta = {
+        "kind": "train_state",
+        "step": step,
+        "model_config": config_to_dict(model.config) if hasattr(model, "config") else None,
+        "train_config": asdict(config),
+        "kd_config": asdict(kd) if kd else None,
+        "param_groups": opt["param_groups"],
+        "scheduler": scheduler.state_dict(),
+        "iterator": iterator.state_dict(),
+        "history": history.to_dict(),
+    }
+    write_checkpoint(folder / f"step-{step:08d}.safetensors", tensors, meta)
+    for _, old in _checkpoints(folder)[: -config.keep_checkpoints]:
+        old.unlink(missing_ok=True)
+
+
+def _load_state(path: Path, model, optimizer, scheduler, iterator):
+    tensors, meta = read_checkpoint(path)
+    if meta.get("kind") != "train_state":
+        raise CheckpointError(f"{path} is not a training checkpoint")
+    mine = config_to_dict(model.config) if hasattr(model, "config") else None
+    if meta.get("model_config") != mine:
+        raise CheckpointError(
+            f"checkpoint {path} was made for a different model config:\n"
+            f"  checkpoint: {meta.get('model_config')}\n  model:      {mine}"
+        )
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, key = k.split(".", 2)
+            state.setdefault(int(pid), {})[key] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    iterator.load_state_dict(meta["iterator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    return int(meta["step"]), History.from_dict(meta["history"])
+
+
+def _latest_loadable(folder: Path, model, optimizer, scheduler, iterator):
+    for step, path in reversed(_checkpoints(folder)):
+        try:
+            return _load_state(path, model, optimizer, scheduler, iterator)
+        except CheckpointError as exc:
+            if "different model config" in str(exc):
+                raise
+            warnings.warn(f"skipping unreadable checkpoint {path.name}: {exc}", stacklevel=3)
+    return None
+
+
+# ============================================================================ the loop
+def train(
+    model: nn.Module,
+    train_examples: Sequence,
+    *,
+    config: Optional[TrainConfig] = None,
+    targets: Optional[Targets] = None,
+    valid_examples: Optional[Sequence] = None,
+    collate: Optional[Callable] = None,
+) -> History:
+    """Train ``model`` for ``config.steps`` optimizer steps and return its :class:`History`.
+
+    Args:
+        model: a distilkit model (or any module with ``model(batch) -> (batch, seq, vocab)``
+            logits aligned with ``batch.labels``; pass ``collate`` then).
+        train_examples: encoded examples, e.g. ``data.encode_pairs(data.train)``.
+        config: a :class:`TrainConfig`.
+        targets: :class:`HardLabels` (default) or :class:`TeacherLogits` (word-level KD), or
+            your own :class:`Targets`.
+        valid_examples: evaluated every ``config.eval_every`` steps (token-mean cross-entropy).
+        collate: turns a list of examples into a batch; defaults by model kind.
+
+    With ``config.checkpoint_dir`` set, the full training state (weights, optimizer, schedule,
+    data position, RNG) is saved every ``checkpoint_every`` steps, atomically, and a rerun
+    with ``resume=True`` continues from the newest readable checkpoint -- on the CPU the
+    result is bitwise identical to an uninterrupted run.
+    """
+    config = config or TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    targets = targets or HardLabels()
+    if not isinstance(targets, Targets):
+        raise TypeError(f"targets must be a distilkit Targets object, got {type(targets).__name__}")
+    _check_pair(model, targets.teacher)
+    if train_examples is None or len(train_examples) == 0:
+        raise ValueError("train_examples must not be empty")
+    collate = collate or default_collate(model)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model.to(device)
+    if targets.teacher is not None:
+        targets.teacher.to(device).eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters (all requires_grad=False)")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    iterator = BatchIterator(train_examples, config.batch_size, collate, seed=config.seed)
+    history, start = History(), 0
+    folder = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+    if folder is not None and config.resume:
+        loaded = _latest_loadable(folder, model, optimizer, scheduler, iterator)
+        if loaded is not None:
+            start, history = loaded
+    kd = targets.kd
+    best = (history.best_valid_loss, None)
+    t0 = time.perf_counter() - history.seconds
+    bar = tqdm(total=config.steps, initial=start, desc=config.desc, disable=not config.progress,
+               dynamic_ncols=True, leave=True)
+    model.train()
+    try:
+        for step in range(start, config.steps):
+            micro = [next(iterator).to(device) for _ in range(config.grad_accum)]
+            n_tokens = sum(int((b.labels != IGNORE_INDEX).sum()) for b in micro)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for batch in micro:
+                with _autocast(device, config.amp):
+                    batch, teacher_logits = targets(batch, model)
+                    logits = model(batch)
+                if teacher_logits is None:
+                    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                               batch.labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                                               reduction="sum")
+                else:
+                    loss_sum = distillation_loss(
+                        logits, teacher_logits, batch.labels, temperature=kd.temperature,
+                        alpha=kd.alpha, divergence=kd.divergence, beta=kd.beta,
+                        t2_scale=kd.t2_scale, reduction="sum")
+                loss = loss_sum / max(n_tokens, 1)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at step {step}; lower TrainConfig.lr or check the data")
+                loss.backward()
+                step_loss += loss.item()
+            if config.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+            optimizer.step()
+            history.lr.append(scheduler.get_last_lr()[0])
+            scheduler.step()
+            history.step.append(step + 1)
+            history.train_loss.append(step_loss)
+            done = step + 1
+            if valid_examples is not None and (done % config.eval_every == 0 or done == config.steps):
+                vl = evaluate_loss(model, valid_examples, collate, config.eval_batch_size)
+                history.valid_step.append(done)
+                history.valid_loss.append(vl)
+                if config.restore_best and vl < best[0]:
+                    best = (vl, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                bar.set_postfix(loss=f"{step_loss:.3f}", valid=f"{vl:.3f}")
+            elif done % 10 == 0:
+                bar.set_postfix(loss=f"{step_loss:.3f}")
+            bar.update(1)
+            history.seconds = time.perf_counter() - t0
+            if folder is not None and (done % config.checkpoint_every == 0 or done == config.steps):
+                _save_state(folder, done, model, optimizer, scheduler, iterator, history, config, kd)
+    finally:
+        bar.close()
+    if config.restore_best and best[1] is not None:
+        model.load_state_dict(best[1])
+    model.eval()
+    return history
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    train_examples: Sequence,
+    *,
+    kd: Optional[KDConfig] = None,
+    config: Optional[TrainConfig] = None,
+    valid_examples: Optional[Sequence] = None,
+    collate: Optional[Callable] = None,
+) -> History:
+    """Word-level KD: train ``student`` on ``train_examples`` against the frozen ``teacher``'s
+    next-token distributions (plus the labels, weighted by ``1 - kd.alpha``)."""
+    return train(student, train_examples, config=config, targets=TeacherLogits(teacher, kd),
+                 valid_examples=valid_examples, collate=collate)
+
+
+def sequence_level_data(
+    teacher: nn.Module,
+    inputs: Sequence[Sequence[int]],
+    *,
+    method: str = "beam",
+    beam_size: int = 4,
+    max_new_tokens: int = 80,
+    batch_size: int = 256,
+    eos_id: Optional[int] = None,
+    progress: bool = True,
+) -> List[Tuple[List[int], List[int]]]:
+    """Sequence-level KD data (Kim & Rush, 2016): decode every input with the teacher and use
+    the teacher's output (ending in ``<eos>``) as the new target. Returns (source, target) pairs.
+    Inputs on which the teacher produces nothing are dropped."""
+    if method not in ("beam", "greedy"):
+        raise ValueError(f"method must be 'beam' or 'greedy', got {method!r}")
+    eos = teacher.config.eos_id if eos_id is None else eos_id
+    out = []
+    for i in tqdm(range(0, len(inputs), batch_size), desc="teacher decoding", disable=not progress):
+        chunk = [list(x) for x in inputs[i : i + batch_size]]
+        if method == "beam":
+            hyps = beam_search(teacher, chunk, max_new_tokens=max_new_tokens, beam_size=beam_size)
+        else:
+            hyps = greedy(teacher, chunk, max_new_tokens=max_new_tokens)
+        out.extend((src, hyp + [eos]) for src, hyp in zip(chunk, hyps) if hyp)
+    return out
