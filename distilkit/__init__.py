@@ -33,6 +33,7 @@ from .data import (
 from .generate import beam_search, generate, greedy, sample
 from .losses import (
     DIVERGENCES,
+    chunked_distillation_loss,
     distillation_loss,
     distillation_loss_terms,
     divergence_from_log_probs,
@@ -63,6 +64,7 @@ from .train import (
     HardLabels,
     History,
     KDConfig,
+    OnPolicyTargets,
     TeacherLogits,
     Targets,
     TrainConfig,

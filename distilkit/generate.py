@@ -159,11 +159,16 @@ def beam_search(
             new_rows = torch.zeros(n, k, dtype=torch.long, device=device)
             new_toks = torch.full((n, k), eos, dtype=torch.long, device=device)
             for b in range(n):
+                if len(finished[b]) >= k:  # this input is done: its beams stay dead
+                    continue
                 filled = 0
-                for s, bi, ti in zip(top[b].tolist(), beam_idx[b].tolist(), tok_idx[b].tolist()):
+                for rank, (s, bi, ti) in enumerate(zip(top[b].tolist(), beam_idx[b].tolist(),
+                                                       tok_idx[b].tolist())):
                     if s == float("-inf"):
                         break
                     if ti == eos or step == max_new_tokens - 1:
+                        if rank >= k:  # only a candidate among the k best may finish
+                            continue
                         hyp = seqs[b * k + bi].tolist() + ([] if ti == eos else [ti])
                         length = len(hyp) + 1
                         finished[b].append((s / length**length_penalty, hyp))

@@ -29,6 +29,7 @@ __all__ = [
     "per_token_divergence",
     "distillation_loss",
     "distillation_loss_terms",
+    "chunked_distillation_loss",
 ]
 
 #: Names accepted by ``divergence=``.
@@ -332,3 +333,102 @@ def distillation_loss(
             raise ValueError(f"num_tokens must be a positive count, got {num_tokens}")
         return total / float(num_tokens)
     return total / count.clamp(min=1).to(total.dtype)
+
+
+# ----------------------------------------------------------------------------- chunked loss
+class _ChunkedKD(torch.autograd.Function):
+    """Distillation loss from final hidden states and output-layer weights, a chunk of tokens
+    at a time. The gradients w.r.t. the student's hidden states and weights are computed chunk
+    by chunk in the forward pass, so no (tokens x vocab) tensor is ever held in full."""
+
+    @staticmethod
+    def forward(ctx, s_hidden, s_weight, t_hidden, t_weight, labels, opts):
+        chunk, count = opts["chunk_size"], opts["num_tokens"]
+        g_hidden = torch.zeros_like(s_hidden)
+        g_weight = torch.zeros_like(s_weight)
+        total = torch.zeros((), dtype=torch.promote_types(s_hidden.dtype, torch.float32),
+                            device=s_hidden.device)
+        for i in range(0, s_hidden.shape[0], chunk):
+            h = s_hidden[i : i + chunk].detach().requires_grad_(True)
+            w = s_weight.detach().requires_grad_(True)
+            with torch.enable_grad():
+                s_logits = h @ w.T
+                with torch.no_grad():
+                    t_logits = t_hidden[i : i + chunk] @ t_weight.T
+                lab = None if labels is None else labels[i : i + chunk]
+                soft, hard, _ = distillation_loss_terms(
+                    s_logits, t_logits, lab, temperature=opts["temperature"],
+                    divergence=opts["divergence"], beta=opts["beta"], ignore_index=opts["ignore_index"])
+                scale = opts["temperature"] ** 2 if opts["t2_scale"] else 1.0
+                loss = soft * scale if lab is None else opts["alpha"] * soft * scale + (1 - opts["alpha"]) * hard
+                loss = loss / count
+                gh, gw = torch.autograd.grad(loss, (h, w))
+            g_hidden[i : i + chunk] = gh
+            g_weight += gw
+            total = total + loss.detach()
+        ctx.save_for_backward(g_hidden, g_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        g_hidden, g_weight = ctx.saved_tensors
+        return g_hidden * grad_out, g_weight * grad_out, None, None, None, None
+
+
+def chunked_distillation_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    labels: Optional[torch.Tensor] = None,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    ignore_index: int = -100,
+    t2_scale: bool = True,
+) -> torch.Tensor:
+    """:func:`distillation_loss` (``reduction="mean"``) computed from final hidden states and
+    output-embedding matrices, ``chunk_size`` tokens at a time: peak memory grows with
+    ``chunk_size x vocab`` instead of ``tokens x vocab``.
+
+    Args:
+        student_hidden: (tokens, d_student) -- flatten (batch, seq) first.
+        student_weight: (vocab, d_student) -- the student's output layer; logits = h @ W.T.
+        teacher_hidden: (tokens, d_teacher); teacher_weight: (vocab, d_teacher) (no gradient).
+        labels: (tokens,) or None.
+
+    The value and the gradients equal those of ``distillation_loss`` on the full logits.
+    """
+    for name, t in [("student_hidden", student_hidden), ("teacher_hidden", teacher_hidden),
+                    ("student_weight", student_weight), ("teacher_weight", teacher_weight)]:
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.is_floating_point():
+            raise ValueError(f"{name} must be a 2-D floating-point tensor, got "
+                             f"{getattr(t, 'shape', type(t).__name__)}")
+    if student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise ValueError(f"student_hidden has {student_hidden.shape[0]} tokens but teacher_hidden has "
+                         f"{teacher_hidden.shape[0]}")
+    if student_weight.shape[0] != teacher_weight.shape[0]:
+        raise ValueError(f"student vocab size ({student_weight.shape[0]}) differs from teacher vocab "
+                         f"size ({teacher_weight.shape[0]})")
+    if student_hidden.shape[1] != student_weight.shape[1] or teacher_hidden.shape[1] != teacher_weight.shape[1]:
+        raise ValueError("hidden sizes must match the output weights' second dimension")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    temperature = _check_temperature(temperature)
+    alpha = _check_unit("alpha", alpha, False, False)
+    beta = _check_divergence(divergence, beta)
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor) or labels.shape != student_hidden.shape[:1]:
+            raise ValueError(f"labels must be a tensor of shape ({student_hidden.shape[0]},)")
+        count = int((labels != ignore_index).sum())
+    else:
+        count = student_hidden.shape[0]
+    if count == 0:
+        return (student_hidden.sum() + student_weight.sum()) * 0.0
+    opts = dict(chunk_size=chunk_size, temperature=temperature, alpha=alpha, divergence=divergence,
+                beta=beta, ignore_index=ignore_index, t2_scale=t2_scale, num_tokens=count)
+    return _ChunkedKD.apply(student_hidden, student_weight, teacher_hidden.detach(),
+                            teacher_weight.detach(), labels, opts)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from .data import IGNORE_INDEX, BatchIterator, collate_lm, collate_seq2seq
-from .generate import beam_search, greedy
+from .generate import beam_search, greedy, sample
 from .losses import DIVERGENCES, _check_temperature, _check_unit, distillation_loss
 from .models import config_to_dict
 
@@ -41,6 +41,7 @@ __all__ = [
     "HardLabels",
     "TeacherLogits",
     "CachedTeacherLogits",
+    "OnPolicyTargets",
     "precompute_teacher_logits",
     "resolve_device",
     "train",
@@ -177,6 +178,41 @@ class TeacherLogits(Targets):
     @torch.no_grad()
     def __call__(self, batch, student):
         self.teacher.eval()
+        return batch, self.teacher(batch)
+
+
+class OnPolicyTargets(Targets):
+    """On-policy KD (GKD, Agarwal et al. 2024) for encoder-decoder students: with probability
+    ``lam`` a batch's targets are replaced by sequences *sampled from the student itself*, and
+    the teacher scores every position of them; otherwise the batch keeps its own targets.
+    The student thus learns to recover from its own mistakes (exposure bias).
+
+    The labels of a sampled batch are the student's own tokens, so use ``kd.alpha = 1`` (the
+    divergence alone); GKD pairs this with ``divergence="jsd"`` or ``"reverse_kl"``.
+    Sampling draws from torch's global RNG, which checkpoints save, so runs stay resumable.
+    """
+
+    def __init__(self, teacher: nn.Module, kd: Optional[KDConfig] = None, lam: float = 0.5,
+                 max_new_tokens: int = 80, sample_temperature: float = 1.0):
+        if not isinstance(teacher, nn.Module) or getattr(teacher, "kind", None) != "seq2seq":
+            raise TypeError("OnPolicyTargets needs a distilkit Seq2SeqLSTM teacher")
+        _check_unit("lam", lam, False, False)
+        self.teacher, self.kd, self.lam = teacher, kd or KDConfig(alpha=1.0), float(lam)
+        self.max_new_tokens, self.sample_temperature = max_new_tokens, sample_temperature
+
+    @torch.no_grad()
+    def __call__(self, batch, student):
+        self.teacher.eval()
+        if float(torch.rand(())) < self.lam:
+            device = batch.src.device
+            srcs = [row[:n].tolist() for row, n in zip(batch.src.cpu(), batch.src_lengths.tolist())]
+            was = student.training
+            samples = sample(student, srcs, max_new_tokens=self.max_new_tokens,
+                             temperature=self.sample_temperature)
+            student.train(was)
+            eos = student.config.eos_id
+            batch = collate_seq2seq([(s, y + [eos]) for s, y in zip(srcs, samples)],
+                                    pad_id=student.config.pad_id, bos_id=student.config.bos_id).to(device)
         return batch, self.teacher(batch)
 
 
@@ -442,7 +478,9 @@ def train(
         if loaded is not None:
             start, history = loaded
     kd = targets.kd
-    best = (history.best_valid_loss, None)
+    # History.best_valid_loss is NaN when nothing was evaluated yet, and `vl < nan` is always
+    # False: start from +inf so that restore_best can record a best state at all
+    best = (history.best_valid_loss if history.valid_loss else float("nan"), None)
     t0 = time.perf_counter() - history.seconds
     bar = tqdm(total=config.steps, initial=start, desc=config.desc, disable=not config.progress,
                dynamic_ncols=True, leave=True)
