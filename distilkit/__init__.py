@@ -77,3 +77,6 @@ from .train import (
 )
 
 __version__ = "0.1.0"
+
+from . import experiments, notebook  # noqa: E402  (sub-modules used as dk.experiments, dk.notebook)
+from .experiments import load_teacher  # noqa: E402

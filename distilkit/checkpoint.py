@@ -82,7 +82,10 @@ def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], di
             f"{path} is a safetensors file but not a distilkit checkpoint "
             f"(format {meta.get('format')!r}, expected {FORMAT!r})"
         )
-    return tensors, json.loads(meta["meta"])
+    try:
+        return tensors, json.loads(meta["meta"])
+    except (KeyError, TypeError, ValueError) as exc:  # a crafted or damaged header
+        raise CheckpointError(f"{path} has unreadable distilkit metadata: {exc!r}") from None
 
 
 def save_model(model: torch.nn.Module, path: Union[str, Path], tokenizer: Optional[_Tokenizer] = None,
@@ -109,9 +112,14 @@ def load_weights(model: torch.nn.Module, path: Union[str, Path]) -> dict:
     saved = meta.get("config") or meta.get("model_config")
     mine = config_to_dict(model.config) if hasattr(model, "config") else None
     if saved != mine:
+        if isinstance(saved, dict) and isinstance(mine, dict):
+            keys = [k for k in {**saved, **mine} if saved.get(k) != mine.get(k)]
+            diff = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, model {mine.get(k)!r}" for k in keys)
+        else:
+            diff = "the model is not a distilkit model" if mine is None else "the checkpoint has no model config"
         raise CheckpointError(
-            f"checkpoint {path} was made for a different model config:\n  checkpoint: {saved}\n"
-            f"  model:      {mine}"
+            f"checkpoint {path} was made for a different model config ({diff}):\n"
+            f"  checkpoint: {saved}\n  model:      {mine}"
         )
     model.load_state_dict(_model_state(tensors))
     return meta
@@ -123,7 +131,14 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu")
     Returns ``(model, tokenizer_or_None, metadata)``; the model is in eval mode.
     """
     tensors, meta = read_checkpoint(path)
-    config = config_from_dict(meta.get("config") or meta.get("model_config"))
+    saved = meta.get("config") or meta.get("model_config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} is a distilkit checkpoint without a model config "
+                              f"(kind {meta.get('kind')!r}); expected one written by save_model or train")
+    try:
+        config = config_from_dict(saved)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
     model = model_from_config(config)
     try:
         model.load_state_dict(_model_state(tensors))

@@ -241,6 +241,22 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _check_early(args) -> None:
+    """Refuse a bad --device or --preset before minutes of data generation and training."""
+    if getattr(args, "device", None) is not None:
+        from .train import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except ValueError as exc:
+            raise ValueError(f"--device: {exc}") from None
+    if getattr(args, "preset", None) is not None:
+        from .models import PRESETS
+
+        if args.preset not in PRESETS:
+            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}; got {args.preset!r}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -250,6 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands = {"demo": _cmd_demo, "train": _cmd_train, "distill": _cmd_distill,
                 "generate": _cmd_generate, "evaluate": _cmd_evaluate}
     try:
+        _check_early(args)
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"distilkit {args.command}: error: {exc}", file=sys.stderr)

@@ -152,7 +152,10 @@ def tokenizer_from_dict(d: dict) -> _Tokenizer:
     kinds = {"word": WordTokenizer, "char": CharTokenizer}
     if d["kind"] not in kinds:
         raise ValueError(f"unknown tokenizer kind {d['kind']!r}; expected one of {sorted(kinds)}")
-    return kinds[d["kind"]](d["tokens"])
+    tokens = d["tokens"]
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"a tokenizer's 'tokens' must be a list of strings, got {type(tokens).__name__}")
+    return kinds[d["kind"]](tokens)
 
 
 def load_tokenizer(path: Union[str, Path]) -> _Tokenizer:
@@ -164,7 +167,10 @@ def load_tokenizer(path: Union[str, Path]) -> _Tokenizer:
         raise FileNotFoundError(f"tokenizer file not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"tokenizer file {path} is not valid JSON: {exc}") from None
-    return tokenizer_from_dict(d)
+    try:
+        return tokenizer_from_dict(d)
+    except ValueError as exc:
+        raise ValueError(f"tokenizer file {path}: {exc}") from None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -70,13 +70,18 @@ def _check_divergence(divergence: str, beta) -> float:
     return float(beta) if isinstance(beta, Real) else 0.5
 
 
-def _check_logits(name: str, logits) -> None:
+def _check_logits(name: str, logits, values: bool = True) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {logits.dtype}")
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"{name} must have a vocabulary dimension last, got shape {tuple(logits.shape)}")
+    if values:
+        _check_logit_values(name, logits)
+
+
+def _check_logit_values(name: str, logits: torch.Tensor) -> None:
     if torch.isnan(logits).any():
         raise ValueError(f"{name} contains NaN: check the model's forward pass and learning rate")
     if torch.isposinf(logits).any():
@@ -84,8 +89,13 @@ def _check_logits(name: str, logits) -> None:
 
 
 def _check_pair(student_logits, teacher_logits) -> None:
-    _check_logits("student_logits", student_logits)
-    _check_logits("teacher_logits", teacher_logits)
+    _check_logits("student_logits", student_logits, values=False)
+    _check_logits("teacher_logits", teacher_logits, values=False)
+    if student_logits.device != teacher_logits.device:  # before any check that reads values
+        raise ValueError(
+            f"student_logits is on {student_logits.device} but teacher_logits is on "
+            f"{teacher_logits.device}; move both to the same device"
+        )
     s, t = student_logits.shape, teacher_logits.shape
     if s[-1] != t[-1]:
         raise ValueError(
@@ -96,11 +106,8 @@ def _check_pair(student_logits, teacher_logits) -> None:
         raise ValueError(
             f"student_logits shape {tuple(s)} and teacher_logits shape {tuple(t)} must match"
         )
-    if student_logits.device != teacher_logits.device:
-        raise ValueError(
-            f"student_logits is on {student_logits.device} but teacher_logits is on "
-            f"{teacher_logits.device}; move both to the same device"
-        )
+    _check_logit_values("student_logits", student_logits)
+    _check_logit_values("teacher_logits", teacher_logits)
 
 
 def _check_labels(labels, student_logits: torch.Tensor, ignore_index: int) -> None:
@@ -114,7 +121,8 @@ def _check_labels(labels, student_logits: torch.Tensor, ignore_index: int) -> No
             f"vocabulary dimension, {tuple(student_logits.shape[:-1])}"
         )
     if labels.device != student_logits.device:
-        raise ValueError(f"labels is on {labels.device} but student_logits is on {student_logits.device}")
+        raise ValueError(f"labels is on {labels.device} but student_logits is on {student_logits.device}; "
+                         "labels must be on the same device as the logits")
     real = labels[labels != ignore_index]
     if real.numel() and (int(real.min()) < 0 or int(real.max()) >= student_logits.shape[-1]):
         raise ValueError(
@@ -415,6 +423,12 @@ def chunked_distillation_loss(
                          f"size ({teacher_weight.shape[0]})")
     if student_hidden.shape[1] != student_weight.shape[1] or teacher_hidden.shape[1] != teacher_weight.shape[1]:
         raise ValueError("hidden sizes must match the output weights' second dimension")
+    devices = {t.device for t in (student_hidden, student_weight, teacher_hidden, teacher_weight)}
+    if isinstance(labels, torch.Tensor):
+        devices.add(labels.device)
+    if len(devices) > 1:
+        raise ValueError("student_hidden, student_weight, teacher_hidden, teacher_weight and labels "
+                         f"must be on one device, got {sorted(str(d) for d in devices)}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     temperature = _check_temperature(temperature)

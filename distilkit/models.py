@@ -73,7 +73,10 @@ class Seq2SeqConfig:
 
 
 class Seq2SeqLSTM(nn.Module):
-    """Bidirectional LSTM encoder, LSTM decoder with attention over the encoder outputs."""
+    """Bidirectional LSTM encoder, LSTM decoder with attention over the encoder outputs.
+
+    No maximum length: sources and targets of any length work (time and memory grow linearly
+    with the length, attention with source x target length); nothing is truncated."""
 
     kind = "seq2seq"
 
@@ -100,6 +103,9 @@ class Seq2SeqLSTM(nn.Module):
         c = self.config
         if src.dim() != 2:
             raise ValueError(f"src must be (batch, src_len), got shape {tuple(src.shape)}")
+        if src.dtype not in (torch.int64, torch.int32) or src.numel() == 0:
+            raise TypeError(f"src must be a non-empty integer (torch.long) tensor of token ids, got "
+                            f"dtype {src.dtype} and shape {tuple(src.shape)}")
         if int(src.max()) >= c.vocab_size or int(src.min()) < 0:
             raise ValueError(f"src token ids must lie in [0, {c.vocab_size}), got max {int(src.max())}")
         emb = self.drop(self.src_embed(src))
@@ -204,7 +210,10 @@ class _Block(nn.Module):
 
 
 class TransformerLM(nn.Module):
-    """A pre-norm GPT-style decoder with learned positions and tied input/output embeddings."""
+    """A pre-norm GPT-style decoder with learned positions and tied input/output embeddings.
+
+    It sees at most ``config.max_len`` tokens: a longer input (in training, evaluation or
+    decoding, prompt + new tokens) raises ``ValueError``; nothing is truncated silently."""
 
     kind = "lm"
 
@@ -227,6 +236,9 @@ class TransformerLM(nn.Module):
 
     def _run(self, ids: torch.Tensor, caches=None, offset: int = 0):
         c = self.config
+        if ids.dtype not in (torch.int64, torch.int32) or ids.numel() == 0:
+            raise TypeError(f"token ids must be a non-empty integer (torch.long) tensor, got dtype "
+                            f"{ids.dtype} and shape {tuple(ids.shape)}")
         if ids.shape[1] + offset > c.max_len:
             raise ValueError(
                 f"sequence length {ids.shape[1] + offset} exceeds the model's max_len {c.max_len}; "

@@ -480,7 +480,7 @@ def train(
     kd = targets.kd
     # History.best_valid_loss is NaN when nothing was evaluated yet, and `vl < nan` is always
     # False: start from +inf so that restore_best can record a best state at all
-    best = (history.best_valid_loss if history.valid_loss else float("nan"), None)
+    best = (history.best_valid_loss if history.valid_loss else math.inf, None)
     t0 = time.perf_counter() - history.seconds
     bar = tqdm(total=config.steps, initial=start, desc=config.desc, disable=not config.progress,
                dynamic_ncols=True, leave=True)
@@ -511,7 +511,15 @@ def train(
                 loss.backward()
                 step_loss += loss.item()
             if config.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+                finite = bool(torch.isfinite(grad_norm))
+            else:
+                finite = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+            if not finite:  # a finite loss can still have a NaN/inf gradient: never apply it
+                raise FloatingPointError(
+                    f"the gradient became non-finite (NaN or inf) at step {step + 1} although the loss "
+                    f"was finite ({step_loss:.6g}); the weights were not updated. Check the model for "
+                    "operations without a finite gradient, or lower TrainConfig.lr")
             optimizer.step()
             history.lr.append(scheduler.get_last_lr()[0])
             scheduler.step()
