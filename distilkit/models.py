@@ -103,9 +103,10 @@ class Seq2SeqLSTM(nn.Module):
         c = self.config
         if src.dim() != 2:
             raise ValueError(f"src must be (batch, src_len), got shape {tuple(src.shape)}")
-        if src.dtype not in (torch.int64, torch.int32) or src.numel() == 0:
-            raise TypeError(f"src must be a non-empty integer (torch.long) tensor of token ids, got "
-                            f"dtype {src.dtype} and shape {tuple(src.shape)}")
+        if src.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"src must be an integer (torch.long) tensor of token ids, got dtype {src.dtype}")
+        if src.numel() == 0:
+            raise ValueError(f"src must not be empty, got shape {tuple(src.shape)}")
         if int(src.max()) >= c.vocab_size or int(src.min()) < 0:
             raise ValueError(f"src token ids must lie in [0, {c.vocab_size}), got max {int(src.max())}")
         emb = self.drop(self.src_embed(src))
@@ -236,9 +237,10 @@ class TransformerLM(nn.Module):
 
     def _run(self, ids: torch.Tensor, caches=None, offset: int = 0):
         c = self.config
-        if ids.dtype not in (torch.int64, torch.int32) or ids.numel() == 0:
-            raise TypeError(f"token ids must be a non-empty integer (torch.long) tensor, got dtype "
-                            f"{ids.dtype} and shape {tuple(ids.shape)}")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"token ids must be an integer (torch.long) tensor, got dtype {ids.dtype}")
+        if ids.numel() == 0:
+            raise ValueError(f"token ids must not be empty, got shape {tuple(ids.shape)}")
         if ids.shape[1] + offset > c.max_len:
             raise ValueError(
                 f"sequence length {ids.shape[1] + offset} exceeds the model's max_len {c.max_len}; "

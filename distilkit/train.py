@@ -447,6 +447,10 @@ def train(
     data position, RNG) is saved every ``checkpoint_every`` steps, atomically, and a rerun
     with ``resume=True`` continues from the newest readable checkpoint -- on the CPU the
     result is bitwise identical to an uninterrupted run.
+
+    A non-finite loss, or a non-finite gradient behind a finite loss, raises
+    ``FloatingPointError`` before the optimizer step: the weights (and the checkpoints) never
+    take a NaN/inf update.
     """
     config = config or TrainConfig()
     if not isinstance(config, TrainConfig):
@@ -514,7 +518,8 @@ def train(
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
                 finite = bool(torch.isfinite(grad_norm))
             else:
-                finite = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+                grads = [p.grad for p in params if p.grad is not None]
+                finite = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
             if not finite:  # a finite loss can still have a NaN/inf gradient: never apply it
                 raise FloatingPointError(
                     f"the gradient became non-finite (NaN or inf) at step {step + 1} although the loss "
