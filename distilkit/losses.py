@@ -264,15 +264,20 @@ def distillation_loss_terms(
     a whole accumulated batch, so micro-batching does not change the gradient.
     """
     _check_pair(student_logits, teacher_logits)
-    divs = per_token_divergence(
-        student_logits, teacher_logits, temperature=temperature, divergence=divergence, beta=beta
-    )
     if labels is None:
+        divs = per_token_divergence(
+            student_logits, teacher_logits, temperature=temperature, divergence=divergence, beta=beta
+        )
         num_tokens = torch.tensor(divs.numel(), device=divs.device)
         return divs.sum(), torch.zeros((), dtype=divs.dtype, device=divs.device), num_tokens
     _check_labels(labels, student_logits, ignore_index)
     mask = labels != ignore_index
-    soft_sum = torch.where(mask, divs, torch.zeros_like(divs)).sum()
+    # only counted positions enter the divergence: whatever the logits hold at padding (even
+    # an infinite divergence) can then reach neither the value nor the gradient
+    soft_sum = per_token_divergence(
+        student_logits[mask], teacher_logits[mask], temperature=temperature, divergence=divergence,
+        beta=beta,
+    ).sum()
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         hard_sum = F.cross_entropy(
             _upcast(student_logits).reshape(-1, student_logits.shape[-1]),
