@@ -22,8 +22,15 @@ from .checkpoint import load_model
 from .data import DataToTextData, make_data_to_text
 from .metrics import bleu_and_ser, decoding_speed, perplexity
 from .models import count_parameters, make_model
-from .train import (CachedTeacherLogits, History, KDConfig, TrainConfig, precompute_teacher_logits,
-                    sequence_level_data, train)
+from .train import (
+    CachedTeacherLogits,
+    History,
+    KDConfig,
+    TrainConfig,
+    precompute_teacher_logits,
+    sequence_level_data,
+    train,
+)
 
 __all__ = ["checkpoint_path", "load_teacher", "evaluate_d2t", "transfer_set", "DemoResult", "run_demo"]
 

@@ -411,7 +411,7 @@ def _load_state(path: Path, model, optimizer, scheduler, iterator):
 
 
 def _latest_loadable(folder: Path, model, optimizer, scheduler, iterator):
-    for step, path in reversed(_checkpoints(folder)):
+    for _step, path in reversed(_checkpoints(folder)):
         try:
             return _load_state(path, model, optimizer, scheduler, iterator)
         except CheckpointError as exc:

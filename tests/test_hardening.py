@@ -35,7 +35,7 @@ torch.set_num_threads(1)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _bad_inputs import CASES, CLI, Context, MarkerPayload, run_case  # noqa: E402
+from _bad_inputs import CASES, Context, MarkerPayload, run_case  # noqa: E402
 
 PACKAGE_DIR = Path(dk.__file__).resolve().parent
 
@@ -158,7 +158,7 @@ def test_chunked_loss_gradcheck_and_equality_with_full_loss(divergence, with_lab
     hs, ws, ht, wt, labels = _chunk_inputs(with_labels)
     kw = dict(temperature=2.0, alpha=0.3, divergence=divergence, beta=0.3)
     for chunk in (2, 3):  # neither divides the 7 tokens
-        fn = lambda h, w: dk.chunked_distillation_loss(h, w, ht, wt, labels, chunk_size=chunk, **kw)  # noqa: E731
+        fn = lambda h, w: dk.chunked_distillation_loss(h, w, ht, wt, labels, chunk_size=chunk, **kw)  # noqa: E731, B023
         assert torch.autograd.gradcheck(fn, (hs, ws), eps=1e-6, atol=1e-7, rtol=1e-5)
     full = dk.distillation_loss(hs @ ws.T, ht @ wt.T, labels, **kw)
     assert full.dtype == torch.float64
@@ -348,7 +348,7 @@ def test_transformer_lengths_around_max_len_give_output_or_a_clear_error(method)
                                               max_len=12))
     for prompt in range(9, 15):
         for new in (1, 2, 3, 4):
-            call = lambda: dk.generate(m, [[3] * prompt], method=method, max_new_tokens=new)  # noqa: E731
+            call = lambda: dk.generate(m, [[3] * prompt], method=method, max_new_tokens=new)  # noqa: E731, B023
             if prompt + new <= 12:
                 out = call()[0]
                 assert len(out) <= new

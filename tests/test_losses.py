@@ -502,18 +502,25 @@ def test_padding_with_one_sided_masked_entry_does_not_change_the_value(divergenc
     torch.testing.assert_close(loss, base, rtol=1e-6, atol=1e-7)
 
 
-def test_padding_with_teacher_only_masked_entry_has_finite_gradient():
-    """A padded position whose teacher masks a token the student does not (e.g. a prompt
-    position under constrained decoding) must not matter. reverse_kl is inf there, which is
-    correctly discarded from the value, but the gradient is 0 * inf = NaN."""
-    student, teacher, labels = _random_case((1, 3, 4), seed=8)
-    teacher[0, 2, 1] = -INF
-    labels[0, 2] = -100
+@pytest.mark.parametrize("divergence", SIX)
+@pytest.mark.parametrize("side", ["teacher", "student"])
+def test_padding_with_one_sided_masked_entry_has_finite_gradient(divergence, side):
+    """Regression: a padded position whose teacher masks a token the student does not (e.g. a
+    prompt position under constrained decoding) must not matter. reverse_kl is inf there; with
+    ``torch.where(mask, divs, 0)`` the value was right but the gradient was 0 * inf = NaN."""
+    student, teacher, labels = _random_case((2, 3, 4), seed=8)
+    (teacher if side == "teacher" else student)[0, 2, 1] = -INF
+    labels[:, 2] = -100
     s = student.clone().requires_grad_()
-    loss = distillation_loss(s, teacher, labels, divergence="reverse_kl", alpha=1.0)
+    loss = distillation_loss(s, teacher, labels, divergence=divergence, alpha=1.0)
     assert torch.isfinite(loss)
     loss.backward()
     assert torch.isfinite(s.grad).all()
+    assert (s.grad[:, 2] == 0).all()
+    s_ref = student[:, :2].clone().requires_grad_()
+    distillation_loss(s_ref, teacher[:, :2], labels[:, :2], divergence=divergence,
+                      alpha=1.0).backward()
+    torch.testing.assert_close(s.grad[:, :2], s_ref.grad, rtol=1e-6, atol=1e-7)
 
 
 # =============================================================================

@@ -48,7 +48,7 @@ def tlm(seed=0, vocab=V, std=0.3, n_layers=2, max_len=32):
     m = TransformerLM(TransformerConfig(vocab_size=vocab, d_model=16, n_layers=n_layers, n_heads=2,
                                         max_len=max_len))
     with torch.no_grad():
-        for name, p in m.named_parameters():
+        for p in m.parameters():
             if p.dim() > 1:
                 p.normal_(0, std)
     return m.eval()
