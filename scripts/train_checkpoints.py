@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from distilkit.checkpoint import save_model
-from distilkit.data import CharTokenizer, collate_lm, load_text_corpus, lm_examples, make_data_to_text
+from distilkit.data import CharTokenizer, collate_lm, lm_examples, load_text_corpus, make_data_to_text
 from distilkit.models import count_parameters, make_model
 from distilkit.train import TrainConfig, train
 
