@@ -21,7 +21,7 @@ from .data import _Tokenizer, tokenizer_from_dict
 from .models import config_from_dict, config_to_dict, model_from_config
 
 __all__ = ["CheckpointError", "save_model", "load_model", "load_weights", "write_checkpoint",
-           "read_checkpoint", "atomic_write_bytes"]
+           "read_checkpoint", "read_checkpoint_meta", "atomic_write_bytes"]
 
 FORMAT = "distilkit-v1"
 
@@ -54,10 +54,45 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
         pass
 
 
+def _dedupe(tensors: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Split shared tensors (tied weights: ``lm_head.weight is embed.weight``), which
+    safetensors refuses, into tensors stored once and ``{alias: stored name}``.
+
+    A name that is exactly the same view as an earlier one becomes an alias; a name that only
+    overlaps another's memory is stored as its own copy."""
+    out: Dict[str, torch.Tensor] = {}
+    aliases: Dict[str, str] = {}
+    views: Dict[tuple, str] = {}
+    storages = set()
+    for name, t in tensors.items():
+        t = t.detach()
+        if t.numel() == 0:
+            out[name] = t.contiguous().cpu()
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        view = (t.device, ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if view in views:
+            aliases[name] = views[view]
+            continue
+        views[view] = name
+        shared = (t.device, ptr) in storages
+        storages.add((t.device, ptr))
+        t = t.clone() if shared else t
+        # a CPU tensor can still share memory with one stored earlier (tensors from elsewhere)
+        out[name] = t.contiguous().cpu()
+    return out, aliases
+
+
 def write_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], meta: dict) -> None:
-    """Save tensors and a JSON-serialisable ``meta`` dict as one safetensors file, atomically."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    blob = st_save(tensors, metadata={"format": FORMAT, "meta": json.dumps(meta)})
+    """Save tensors and a JSON-serialisable ``meta`` dict as one safetensors file, atomically.
+
+    Tensors that are the same memory under several names (tied weights) are stored once and
+    restored under every name by :func:`read_checkpoint`."""
+    tensors, aliases = _dedupe(tensors)
+    header = {"format": FORMAT, "meta": json.dumps(meta)}
+    if aliases:
+        header["aliases"] = json.dumps(aliases)
+    blob = st_save(tensors, metadata=header)
     atomic_write_bytes(path, blob)
 
 
@@ -83,9 +118,29 @@ def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], di
             f"(format {meta.get('format')!r}, expected {FORMAT!r})"
         )
     try:
+        aliases = json.loads(meta.get("aliases") or "{}")
+        for alias, name in aliases.items():
+            tensors[alias] = tensors[name]
         return tensors, json.loads(meta["meta"])
-    except (KeyError, TypeError, ValueError) as exc:  # a crafted or damaged header
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a crafted or damaged header
         raise CheckpointError(f"{path} has unreadable distilkit metadata: {exc!r}") from None
+
+
+def read_checkpoint_meta(path: Union[str, Path]) -> dict:
+    """The ``meta`` dict of a checkpoint, read from its header alone (not the tensors)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n > 100_000_000:
+                raise ValueError(f"header of {n} bytes")
+            header = json.loads(fh.read(n))
+        meta = header.get("__metadata__", {}) or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+        return json.loads(meta["meta"])
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path} has no readable distilkit header: {exc!r}") from None
 
 
 def save_model(model: torch.nn.Module, path: Union[str, Path], tokenizer: Optional[_Tokenizer] = None,

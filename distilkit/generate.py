@@ -8,6 +8,7 @@ token's worth of compute.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import List, Optional, Sequence
 
 import torch
@@ -26,6 +27,17 @@ def _check_common(model, inputs, max_new_tokens):
         raise ValueError("inputs must be a non-empty list of token-id lists")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab is not None:
+        for i, row in enumerate(inputs):
+            if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+                raise ValueError(f"inputs[{i}] must be a list of token ids, got {type(row).__name__}")
+            for j, tok in enumerate(row):
+                if isinstance(tok, bool) or not isinstance(tok, numbers.Integral):
+                    raise TypeError(f"inputs[{i}][{j}] must be an int token id, got {type(tok).__name__}")
+                if not 0 <= tok < vocab:
+                    raise ValueError(f"inputs[{i}][{j}] = {tok} is outside the model's vocabulary "
+                                     f"[0, {vocab}); encode inputs with the model's tokenizer")
     max_len = getattr(model.config, "max_len", None)
     if max_len is not None:
         longest = max(len(p) for p in inputs)

@@ -15,7 +15,8 @@ Both follow one interface, which the training loop and the decoders use:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -42,6 +43,21 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _check_token_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
+    """Raise ``ValueError`` if ``ids`` (any shape) holds an id outside ``[0, vocab_size)``.
+
+    The values are read only when ``ids`` live in host memory: on an accelerator, reading them
+    back would stall the device once per forward pass. Ids that reach a model on an accelerator
+    were checked on the host where they were made (:func:`distilkit.generate` checks its
+    ``inputs``; :func:`distilkit.train` checks each batch before moving it to the device)."""
+    if ids.device.type != "cpu":
+        return
+    low, high = torch.aminmax(ids)
+    if bool((low < 0) | (high >= vocab_size)):
+        bad = int(low) if int(low) < 0 else int(high)
+        raise ValueError(f"{name} must lie in [0, {vocab_size}), got {bad}")
 
 
 def _check_positive(cfg, names):
@@ -107,8 +123,7 @@ class Seq2SeqLSTM(nn.Module):
             raise TypeError(f"src must be an integer (torch.long) tensor of token ids, got dtype {src.dtype}")
         if src.numel() == 0:
             raise ValueError(f"src must not be empty, got shape {tuple(src.shape)}")
-        if int(src.max()) >= c.vocab_size or int(src.min()) < 0:
-            raise ValueError(f"src token ids must lie in [0, {c.vocab_size}), got max {int(src.max())}")
+        _check_token_ids(src, c.vocab_size, "src token ids")
         emb = self.drop(self.src_embed(src))
         lengths = src_lengths.detach().cpu().clamp(min=1)
         packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
@@ -118,7 +133,8 @@ class Seq2SeqLSTM(nn.Module):
         b = src.shape[0]
         h0 = torch.tanh(self.bridge_h(final)).view(b, c.decoder_layers, c.hidden_dim).transpose(0, 1)
         c0 = self.bridge_c(final).view(b, c.decoder_layers, c.hidden_dim).transpose(0, 1)
-        mask = torch.arange(src.shape[1], device=src.device)[None, :] < src_lengths.to(src.device)[:, None]
+        lengths_here = src_lengths.to(src.device, non_blocking=True)
+        mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths_here[:, None]
         return memory, mask, (h0.contiguous(), c0.contiguous())
 
     def _attend(self, dec_out, memory, mask):
@@ -200,10 +216,14 @@ class _Block(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
         q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
-        if cache is not None:
+        past = 0 if cache is None else cache[0].shape[2]
+        if past:
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        causal = cache is None or cache[0].shape[2] == 0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and t > 1,
+        mask = None
+        if past and t > 1:
+            # new token i sits at position past + i and may see keys 0 .. past + i
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not past and t > 1,
                                            dropout_p=self.p if self.training else 0.0)
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
         x = x + self.drop(self.mlp(self.ln2(x)))
@@ -246,8 +266,7 @@ class TransformerLM(nn.Module):
                 f"sequence length {ids.shape[1] + offset} exceeds the model's max_len {c.max_len}; "
                 "truncate the input or use a model with a larger max_len"
             )
-        if int(ids.max()) >= c.vocab_size or int(ids.min()) < 0:
-            raise ValueError(f"token ids must lie in [0, {c.vocab_size}), got max {int(ids.max())}")
+        _check_token_ids(ids, c.vocab_size, "token ids")
         pos = torch.arange(offset, offset + ids.shape[1], device=ids.device)
         x = self.drop(self.tok(ids) + self.pos(pos))
         new = []
@@ -274,8 +293,20 @@ class TransformerLM(nn.Module):
         return logits[:, -1], {"caches": caches, "length": ids.shape[1]}
 
     def step(self, state, tokens: torch.Tensor):
-        logits, caches = self._run(tokens[:, None], state["caches"], state["length"])
-        return logits[:, -1], {"caches": caches, "length": state["length"] + 1}
+        """tokens: (batch,) -> next-token logits (batch, vocab) and the new state."""
+        logits, state = self.extend(state, tokens[:, None])
+        return logits[:, -1], state
+
+    def extend(self, state, tokens: torch.Tensor):
+        """Feed several tokens per row on top of the KV cache (chunked prefill, or scoring
+        drafted tokens): tokens (batch, n) -> logits (batch, n, vocab) and the new state.
+
+        Each new token attends to the cache and to the new tokens up to itself, so the logits
+        equal those of one forward pass over the whole sequence."""
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+            raise ValueError("tokens must be a (batch, n) tensor of token ids")
+        logits, caches = self._run(tokens, state["caches"], state["length"])
+        return logits, {"caches": caches, "length": state["length"] + tokens.shape[1]}
 
     def reorder_state(self, state, index: torch.Tensor):
         return {"caches": [(k[index], v[index]) for k, v in state["caches"]], "length": state["length"]}
@@ -314,7 +345,16 @@ def make_model(preset: str, vocab_size: int, **overrides) -> nn.Module:
 
 
 def config_to_dict(config) -> dict:
-    return {"class": type(config).__name__, **asdict(config)}
+    """A model config as the plain dict that JSON gives back (so that a config read from a
+    checkpoint compares equal to the live one). Takes distilkit's dataclass configs and
+    Hugging Face ``PretrainedConfig``-style objects (anything with ``to_dict()``)."""
+    if is_dataclass(config) and not isinstance(config, type):
+        d = asdict(config)
+    elif callable(getattr(config, "to_dict", None)):
+        d = config.to_dict()
+    else:
+        raise TypeError(f"config must be a dataclass or have to_dict(), got {type(config).__name__}")
+    return json.loads(json.dumps({"class": type(config).__name__, **d}, sort_keys=True, default=str))
 
 
 def config_from_dict(d: dict):

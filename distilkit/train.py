@@ -14,11 +14,12 @@ gives the gradient of batch 64 however the padding falls.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -27,11 +28,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint, read_checkpoint_meta, write_checkpoint
 from .data import IGNORE_INDEX, BatchIterator, collate_lm, collate_seq2seq
 from .generate import beam_search, greedy, sample
 from .losses import DIVERGENCES, _check_temperature, _check_unit, distillation_loss
-from .models import config_to_dict
+from .models import _check_token_ids, config_to_dict
 
 __all__ = [
     "TrainConfig",
@@ -53,10 +54,20 @@ __all__ = [
 
 
 # ============================================================================ configs
+#: Accepted ``TrainConfig.amp_dtype`` values (autocast precision on CUDA).
+AMP_DTYPES = ("bfloat16", "float16")
+
+
 @dataclass
 class TrainConfig:
     """How to train. ``batch_size`` is the micro-batch; one optimizer step sees
-    ``batch_size * grad_accum`` examples."""
+    ``batch_size * grad_accum`` examples.
+
+    ``amp`` turns on autocast on CUDA in ``amp_dtype`` (``"bfloat16"`` or ``"float16"``); with
+    float16 a gradient scaler multiplies the loss so that small gradients do not underflow,
+    and a step whose scaled gradient overflowed is skipped (recorded in
+    ``History.skipped_step``) instead of raising. On other devices ``amp`` does nothing.
+    """
 
     steps: int = 1000
     batch_size: int = 64
@@ -70,6 +81,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     device: str = "auto"
     amp: bool = True
+    amp_dtype: str = "bfloat16"
     seed: int = 0
     checkpoint_dir: Optional[str] = None
     checkpoint_every: int = 100
@@ -91,6 +103,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"TrainConfig.clip_norm must be > 0 or None, got {self.clip_norm!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"TrainConfig.amp_dtype must be one of {', '.join(AMP_DTYPES)}; "
+                             f"got {self.amp_dtype!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
 
@@ -120,8 +135,9 @@ class KDConfig:
 
 @dataclass
 class History:
-    """What happened during training, for plots: per-step loss and learning rate, and the
-    validation loss (token-mean cross-entropy, nats) at every evaluation."""
+    """What happened during training, for plots: per-step loss and learning rate, the
+    validation loss (token-mean cross-entropy, nats) at every evaluation, and the steps that
+    float16's gradient scaler skipped because the scaled gradient overflowed."""
 
     step: List[int] = field(default_factory=list)
     train_loss: List[float] = field(default_factory=list)
@@ -129,6 +145,7 @@ class History:
     valid_step: List[int] = field(default_factory=list)
     valid_loss: List[float] = field(default_factory=list)
     seconds: float = 0.0
+    skipped_step: List[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -304,31 +321,72 @@ def _lr_lambda(config: TrainConfig):
     return f
 
 
-def _autocast(device: torch.device, amp: bool):
-    enabled = amp and device.type == "cuda"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+def _autocast(device: torch.device, config: TrainConfig):
+    """Autocast in ``config.amp_dtype`` on CUDA when ``config.amp``; a no-op elsewhere."""
+    dtype = torch.float16 if config.amp_dtype == "float16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=config.amp and device.type == "cuda")
+
+
+def _grad_scaler(device: torch.device, config: TrainConfig) -> Optional[torch.amp.GradScaler]:
+    """float16 autocast on CUDA needs loss scaling (bfloat16 has float32's range: it does not)."""
+    if config.amp and config.amp_dtype == "float16" and device.type == "cuda":
+        return torch.amp.GradScaler(device.type)
+    return None
+
+
+def _check_host_batch(batch, vocab_size: Optional[int]) -> None:
+    """Check the token ids of a batch still in host memory (before it moves to an accelerator,
+    where the models do not read their ids back): every integer field except ``src_lengths``
+    lies in ``[0, vocab_size)``, labels may also be ``IGNORE_INDEX``."""
+    if vocab_size is None or not is_dataclass(batch):
+        return
+    for f in fields(batch):
+        t = getattr(batch, f.name)
+        if f.name == "src_lengths" or not isinstance(t, torch.Tensor) or t.is_floating_point():
+            continue
+        if f.name == "labels":
+            t = t[t != IGNORE_INDEX]
+        if t.numel():
+            _check_token_ids(t, vocab_size, f"batch.{f.name} token ids")
+
+
+def _to_device(batch, device: torch.device, vocab_size: Optional[int]):
+    if device.type == "cpu":
+        return batch.to(device)
+    _check_host_batch(batch, vocab_size)
+    # a blocking host-to-device copy waits for the device to finish its queue: avoid it where
+    # the batch allows
+    if "non_blocking" in inspect.signature(batch.to).parameters:
+        return batch.to(device, non_blocking=True)
+    return batch.to(device)
 
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, examples: Sequence, collate: Optional[Callable] = None,
                   batch_size: int = 256, device: Union[str, torch.device, None] = None) -> float:
-    """Token-mean cross-entropy (nats) of ``model`` on ``examples``; ``exp`` of it is perplexity."""
+    """Token-mean cross-entropy (nats) of ``model`` on ``examples``; ``exp`` of it is perplexity.
+
+    The sums stay on the device; the result is read back once, at the end."""
     if len(examples) == 0:
         raise ValueError("examples must not be empty")
     collate = collate or default_collate(model)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     was = model.training
     model.eval()
-    total, count = 0.0, 0
+    acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    total = torch.zeros((), dtype=acc, device=device)
+    count = torch.zeros((), dtype=acc, device=device)
     try:
         for i in range(0, len(examples), batch_size):
-            batch = collate(examples[i : i + batch_size]).to(device)
+            batch = _to_device(collate(examples[i : i + batch_size]), device, vocab)
             logits = model(batch).float()
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1),
-                                     ignore_index=IGNORE_INDEX, reduction="sum").item()
-            count += int((batch.labels != IGNORE_INDEX).sum())
+                                     ignore_index=IGNORE_INDEX, reduction="sum").to(acc)
+            count += (batch.labels != IGNORE_INDEX).sum().to(acc)
     finally:
         model.train(was)
+    total, count = torch.stack([total, count]).tolist()
     return total / max(count, 1)
 
 
@@ -346,18 +404,64 @@ def _check_pair(student: nn.Module, teacher: Optional[nn.Module]) -> None:
         )
 
 
+# ---------------------------------------------------------------------------- the loss
+_LOSS_TAKES_CHECK_VALUES = "check_values" in inspect.signature(distillation_loss).parameters
+
+
+def _loss_sum(logits, teacher_logits, labels, kd: Optional[KDConfig], check_values: bool) -> torch.Tensor:
+    """The summed (not averaged) loss of one micro-batch: cross-entropy on the labels, or the
+    distillation loss against ``teacher_logits``. logits: (batch, seq, vocab); labels:
+    (batch, seq). ``check_values=False`` skips the loss's value checks, which read tensors
+    back to the host."""
+    if teacher_logits is None:
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+    extra = {"check_values": check_values} if _LOSS_TAKES_CHECK_VALUES else {}
+    return distillation_loss(logits, teacher_logits, labels, temperature=kd.temperature, alpha=kd.alpha,
+                             divergence=kd.divergence, beta=kd.beta, t2_scale=kd.t2_scale,
+                             reduction="sum", **extra)
+
+
 # ---------------------------------------------------------------------------- checkpoints
 _CKPT = re.compile(r"^step-(\d+)\.safetensors$")
+_BEST = re.compile(r"^best-(\d+)\.safetensors$")
 
 
-def _checkpoints(folder: Path) -> List[Tuple[int, Path]]:
+def _checkpoints(folder: Path, pattern: re.Pattern = _CKPT) -> List[Tuple[int, Path]]:
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name))]
     return sorted(found)
 
 
-def _save_state(folder: Path, step: int, model, optimizer, scheduler, iterator, history, config, kd):
+def _model_config(model: nn.Module) -> Optional[dict]:
+    return config_to_dict(model.config) if hasattr(model, "config") else None
+
+
+@dataclass
+class _Best:
+    """The best validation result so far and the weights that reached it (``restore_best``).
+
+    Saved beside the step checkpoints as ``best-<step>.safetensors`` (written once, when the
+    first step checkpoint that refers to it is written), so that it survives a resume."""
+
+    valid_loss: float = math.inf
+    step: Optional[int] = None
+    state: Optional[dict] = None
+    written: bool = False
+
+    def ref(self) -> Optional[dict]:
+        if self.step is None:
+            return None
+        return {"step": self.step, "valid_loss": self.valid_loss, "file": f"best-{self.step:08d}.safetensors"}
+
+
+def _save_state(folder: Path, step: int, model, optimizer, scheduler, iterator, history, config, kd,
+                scaler=None, best: Optional[_Best] = None):
+    if best is not None and best.state is not None and not best.written:
+        write_checkpoint(folder / best.ref()["file"], {f"model.{k}": v for k, v in best.state.items()},
+                         {"kind": "best_weights", "model_config": _model_config(model), **best.ref()})
+        best.written = True
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for pid, st in opt["state"].items():
@@ -371,24 +475,36 @@ def _save_state(folder: Path, step: int, model, optimizer, scheduler, iterator, 
     meta = {
         "kind": "train_state",
         "step": step,
-        "model_config": config_to_dict(model.config) if hasattr(model, "config") else None,
+        "model_config": _model_config(model),
         "train_config": asdict(config),
         "kd_config": asdict(kd) if kd else None,
         "param_groups": opt["param_groups"],
         "scheduler": scheduler.state_dict(),
         "iterator": iterator.state_dict(),
         "history": history.to_dict(),
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,
+        "best": best.ref() if best is not None else None,
     }
     write_checkpoint(folder / f"step-{step:08d}.safetensors", tensors, meta)
-    for _, old in _checkpoints(folder)[: -config.keep_checkpoints]:
+    kept = _checkpoints(folder)
+    for _, old in kept[: -config.keep_checkpoints]:
         old.unlink(missing_ok=True)
+    # best-weight files older than the one the oldest kept checkpoint refers to are unreachable
+    try:
+        oldest = (read_checkpoint_meta(kept[-config.keep_checkpoints:][0][1]).get("best") or {}).get("step")
+    except CheckpointError:
+        oldest = None
+    if oldest is not None:
+        for s, path in _checkpoints(folder, _BEST):
+            if s < oldest:
+                path.unlink(missing_ok=True)
 
 
-def _load_state(path: Path, model, optimizer, scheduler, iterator):
+def _load_state(path: Path, model, optimizer, scheduler, iterator, scaler=None):
     tensors, meta = read_checkpoint(path)
     if meta.get("kind") != "train_state":
         raise CheckpointError(f"{path} is not a training checkpoint")
-    mine = config_to_dict(model.config) if hasattr(model, "config") else None
+    mine = _model_config(model)
     if meta.get("model_config") != mine:
         raise CheckpointError(
             f"checkpoint {path} was made for a different model config:\n"
@@ -403,22 +519,42 @@ def _load_state(path: Path, model, optimizer, scheduler, iterator):
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
     iterator.load_state_dict(meta["iterator"])
+    if scaler is not None and meta.get("grad_scaler"):
+        scaler.load_state_dict(meta["grad_scaler"])
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
-    return int(meta["step"]), History.from_dict(meta["history"])
+    return int(meta["step"]), History.from_dict(meta["history"]), meta
 
 
-def _latest_loadable(folder: Path, model, optimizer, scheduler, iterator):
+def _latest_loadable(folder: Path, model, optimizer, scheduler, iterator, scaler=None):
     for _step, path in reversed(_checkpoints(folder)):
         try:
-            return _load_state(path, model, optimizer, scheduler, iterator)
+            return _load_state(path, model, optimizer, scheduler, iterator, scaler)
         except CheckpointError as exc:
             if "different model config" in str(exc):
                 raise
             warnings.warn(f"skipping unreadable checkpoint {path.name}: {exc}", stacklevel=3)
     return None
+
+
+def _resumed_best(folder: Path, meta: dict, history: History, device) -> _Best:
+    """The best weights recorded by the checkpoint a run resumes from (``restore_best``)."""
+    ref = meta.get("best")
+    if ref:
+        try:
+            tensors, _ = read_checkpoint(folder / ref["file"])
+            state = {k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")}
+            return _Best(float(ref["valid_loss"]), int(ref["step"]), state, written=True)
+        except CheckpointError as exc:
+            reason = str(exc)
+    else:
+        reason = "the run before the resume did not keep them (restore_best was off)"
+    if history.valid_loss:
+        warnings.warn(f"restore_best: the best weights before the resume are not available ({reason}); "
+                      "the best of the evaluations after the resume will be restored", stacklevel=3)
+    return _Best()
 
 
 # ============================================================================ the loop
@@ -443,14 +579,27 @@ def train(
         valid_examples: evaluated every ``config.eval_every`` steps (token-mean cross-entropy).
         collate: turns a list of examples into a batch; defaults by model kind.
 
+    Each micro-batch is moved to the device just before it is used. Its *summed* loss is
+    back-propagated and its token count (after the targets step, which may replace the batch)
+    is added up on the device; at the end of the accumulation the gradients are divided by
+    the total, which equals dividing every micro-batch's loss by it.
+
+    The host reads the device once per optimizer step: one small tensor (the summed loss,
+    the token count, and whether the loss and the gradient are finite) that decides whether
+    the step is applied and feeds the history and the progress bar. Evaluation steps,
+    checkpoint steps and :class:`OnPolicyTargets` (which samples) read the device more.
+
     With ``config.checkpoint_dir`` set, the full training state (weights, optimizer, schedule,
-    data position, RNG) is saved every ``checkpoint_every`` steps, atomically, and a rerun
-    with ``resume=True`` continues from the newest readable checkpoint -- on the CPU the
-    result is bitwise identical to an uninterrupted run.
+    data position, RNG, gradient scaler, best weights so far) is saved every
+    ``checkpoint_every`` steps, atomically, and a rerun with ``resume=True`` continues from the
+    newest readable checkpoint -- on the CPU the result is bitwise identical to an
+    uninterrupted run. With ``restore_best`` the weights of the best validation loss are put
+    back at the end, also when that evaluation happened before a resume.
 
     A non-finite loss, or a non-finite gradient behind a finite loss, raises
     ``FloatingPointError`` before the optimizer step: the weights (and the checkpoints) never
-    take a NaN/inf update.
+    take a NaN/inf update. Under float16 autocast an overflowing gradient is the gradient
+    scaler's business: that step is skipped and recorded in ``History.skipped_step``.
     """
     config = config or TrainConfig()
     if not isinstance(config, TrainConfig):
@@ -472,62 +621,76 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (all requires_grad=False)")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    scaler = _grad_scaler(device, config)
     iterator = BatchIterator(train_examples, config.batch_size, collate, seed=config.seed)
-    history, start = History(), 0
+    history, start, best = History(), 0, _Best()
     folder = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     if folder is not None and config.resume:
-        loaded = _latest_loadable(folder, model, optimizer, scheduler, iterator)
+        loaded = _latest_loadable(folder, model, optimizer, scheduler, iterator, scaler)
         if loaded is not None:
-            start, history = loaded
+            start, history, meta = loaded
+            if config.restore_best:
+                best = _resumed_best(folder, meta, history, device)
     kd = targets.kd
-    # History.best_valid_loss is NaN when nothing was evaluated yet, and `vl < nan` is always
-    # False: start from +inf so that restore_best can record a best state at all
-    best = (history.best_valid_loss if history.valid_loss else math.inf, None)
     t0 = time.perf_counter() - history.seconds
     bar = tqdm(total=config.steps, initial=start, desc=config.desc, disable=not config.progress,
                dynamic_ncols=True, leave=True)
     model.train()
     try:
         for step in range(start, config.steps):
-            micro = [next(iterator).to(device) for _ in range(config.grad_accum)]
-            n_tokens = sum(int((b.labels != IGNORE_INDEX).sum()) for b in micro)
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for batch in micro:
-                with _autocast(device, config.amp):
+            host_batches = []
+            loss_total = torch.zeros((), device=device)
+            n_tokens = torch.zeros((), device=device)
+            for _ in range(config.grad_accum):
+                host_batches.append(next(iterator))
+                batch = _to_device(host_batches[-1], device, vocab)
+                with _autocast(device, config):
                     batch, teacher_logits = targets(batch, model)
                     logits = model(batch)
-                if teacher_logits is None:
-                    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                               batch.labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                                               reduction="sum")
-                else:
-                    loss_sum = distillation_loss(
-                        logits, teacher_logits, batch.labels, temperature=kd.temperature,
-                        alpha=kd.alpha, divergence=kd.divergence, beta=kd.beta,
-                        t2_scale=kd.t2_scale, reduction="sum")
-                loss = loss_sum / max(n_tokens, 1)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at step {step}; lower TrainConfig.lr or check the data")
-                loss.backward()
-                step_loss += loss.item()
+                loss_sum = _loss_sum(logits, teacher_logits, batch.labels, kd, check_values=False)
+                (scaler.scale(loss_sum) if scaler is not None else loss_sum).backward()
+                loss_total += loss_sum.detach().float()
+                n_tokens += (batch.labels != IGNORE_INDEX).sum()
+                del batch, teacher_logits, logits, loss_sum
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            count = n_tokens.clamp(min=1)
+            grads = [p.grad for p in params if p.grad is not None]
+            for g in grads:
+                g.div_(count)
             if config.clip_norm is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
-                finite = bool(torch.isfinite(grad_norm))
+                grad_finite = torch.isfinite(torch.nn.utils.clip_grad_norm_(params, config.clip_norm))
+            elif grads:
+                grad_finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
             else:
-                grads = [p.grad for p in params if p.grad is not None]
-                finite = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-            if not finite:  # a finite loss can still have a NaN/inf gradient: never apply it
-                raise FloatingPointError(
-                    f"the gradient became non-finite (NaN or inf) at step {step + 1} although the loss "
-                    f"was finite ({step_loss:.6g}); the weights were not updated. Check the model for "
-                    "operations without a finite gradient, or lower TrainConfig.lr")
-            optimizer.step()
+                grad_finite = torch.ones((), dtype=torch.bool, device=device)
+            # the one host read of the step
+            step_loss, loss_ok, grad_ok = torch.stack(
+                [loss_total / count, torch.isfinite(loss_total).float(), grad_finite.float()]).tolist()
+            if not loss_ok:
+                _raise_for_loss(step, step_loss, host_batches, model, targets, kd, device, config, vocab)
+            skipped = False
+            if not grad_ok:
+                if scaler is None:  # a finite loss can still have a NaN/inf gradient: never apply it
+                    raise FloatingPointError(
+                        f"the gradient became non-finite (NaN or inf) at step {step + 1} although the "
+                        f"loss was finite ({step_loss:.6g}); the weights were not updated. Check the "
+                        "model for operations without a finite gradient, or lower TrainConfig.lr")
+                skipped = True  # float16: the scaled gradient overflowed; the scaler lowers its scale
+                history.skipped_step.append(step + 1)
+            else:
+                optimizer.step()
+            if scaler is not None:
+                scaler.update()
             history.lr.append(scheduler.get_last_lr()[0])
-            scheduler.step()
+            with warnings.catch_warnings():
+                if skipped:  # the schedule follows the step count, applied or not
+                    warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                scheduler.step()
             history.step.append(step + 1)
             history.train_loss.append(step_loss)
             done = step + 1
@@ -535,21 +698,36 @@ def train(
                 vl = evaluate_loss(model, valid_examples, collate, config.eval_batch_size)
                 history.valid_step.append(done)
                 history.valid_loss.append(vl)
-                if config.restore_best and vl < best[0]:
-                    best = (vl, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                if config.restore_best and vl < best.valid_loss:
+                    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best = _Best(vl, done, state)
                 bar.set_postfix(loss=f"{step_loss:.3f}", valid=f"{vl:.3f}")
             elif done % 10 == 0:
                 bar.set_postfix(loss=f"{step_loss:.3f}")
             bar.update(1)
             history.seconds = time.perf_counter() - t0
             if folder is not None and (done % config.checkpoint_every == 0 or done == config.steps):
-                _save_state(folder, done, model, optimizer, scheduler, iterator, history, config, kd)
+                _save_state(folder, done, model, optimizer, scheduler, iterator, history, config, kd,
+                            scaler, best if config.restore_best else None)
     finally:
         bar.close()
-    if config.restore_best and best[1] is not None:
-        model.load_state_dict(best[1])
+    if config.restore_best and best.state is not None:
+        model.load_state_dict(best.state)
     model.eval()
     return history
+
+
+def _raise_for_loss(step, value, host_batches, model, targets, kd, device, config, vocab):
+    """The step's loss was not finite: find out why, with the loss's value checks on (the hot
+    path skips them), and raise. Runs only on the way to an error."""
+    with torch.no_grad():
+        for host in host_batches:
+            batch = _to_device(host, device, vocab)
+            with _autocast(device, config):
+                batch, teacher_logits = targets(batch, model)
+                logits = model(batch)
+            _loss_sum(logits, teacher_logits, batch.labels, kd, check_values=True)  # may raise ValueError
+    raise FloatingPointError(f"loss became {value} at step {step}; lower TrainConfig.lr or check the data")
 
 
 def distill(
