@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -342,6 +343,7 @@ def test_empty_train_examples():
     (dict(batch_size=0), "batch_size"), (dict(grad_accum=0), "grad_accum"),
     (dict(clip_norm=0.0), "clip_norm"), (dict(warmup_steps=-1), "warmup_steps"),
     (dict(min_lr_ratio=1.5), "min_lr_ratio"), (dict(steps=2.5), "steps"),
+    (dict(amp_dtype="float32"), "amp_dtype"), (dict(amp_dtype="fp16"), "amp_dtype"),
 ])
 def test_bad_train_config(kwargs, name):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{name}"):
@@ -499,3 +501,99 @@ def test_sequence_level_data_uses_teacher_outputs(method):
 def test_sequence_level_data_bad_method():
     with pytest.raises(ValueError, match="method"):
         sequence_level_data(s2s(0), [[4, 5]], method="sample", progress=False)
+
+
+# ============================================================================ float16 + gradient scaler
+def test_amp_dtype_choice_and_when_a_scaler_is_used():
+    import sys
+
+    loop = sys.modules["distilkit.train"]
+    assert TrainConfig().amp_dtype == "bfloat16"
+    with pytest.raises(ValueError, match=r"TrainConfig\.amp_dtype must be one of bfloat16, float16; got 'half'"):
+        TrainConfig(amp_dtype="half")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CUDA scaler built without CUDA warns and disables itself
+        assert isinstance(loop._grad_scaler(cuda, TrainConfig(amp_dtype="float16")), torch.amp.GradScaler)
+    assert loop._grad_scaler(cuda, TrainConfig(amp_dtype="bfloat16")) is None  # bf16 has float32's range
+    assert loop._grad_scaler(cuda, TrainConfig(amp_dtype="float16", amp=False)) is None
+    assert loop._grad_scaler(cpu, TrainConfig(amp_dtype="float16")) is None  # no autocast on the CPU
+    with loop._autocast(cpu, TrainConfig(amp_dtype="float16")):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.fixture
+def cpu_scaler(monkeypatch):
+    """Run the loop's float16 path on the CPU: a real GradScaler for the CPU, starting at a
+    scale so large that the first scaled gradients overflow float32 (as float16's do on CUDA)."""
+    import sys
+
+    loop = sys.modules["distilkit.train"]
+    monkeypatch.setattr(loop, "_grad_scaler", lambda device, config: torch.amp.GradScaler(
+        "cpu", init_scale=2.0**126, growth_interval=3))
+
+
+def test_scaler_skips_overflowing_steps_without_raising(cpu_scaler, tmp_path):
+    pairs = make_pairs(24, seed=5)
+    model = s2s(0)
+    w0 = state(model)
+    hist = train(model, pairs, config=cfg(steps=1, clip_norm=1.0, checkpoint_dir=str(tmp_path),
+                                          checkpoint_every=1))
+    # 2^126 times a gradient entry above 4 overflows float32
+    assert hist.skipped_step == [1]
+    assert_bitwise_equal(state(model), w0)  # a skipped step never touches the weights
+    assert all(math.isfinite(x) for x in hist.train_loss)
+    meta = __import__("distilkit").checkpoint.read_checkpoint_meta(tmp_path / "step-00000001.safetensors")
+    assert meta["grad_scaler"]["scale"] == 2.0**125  # the scaler backed off
+    # trained on (resumed): 2^125 fits, so steps apply; after 3 clean steps (growth_interval)
+    # the scaler doubles to 2^126, which overflows again and is skipped, and so on
+    hist = train(model, pairs, config=cfg(steps=12, clip_norm=1.0, checkpoint_dir=str(tmp_path),
+                                          checkpoint_every=4))
+    assert hist.skipped_step == [1, 5, 9], hist.skipped_step
+    assert any(not torch.equal(v, w0[k]) for k, v in state(model).items())
+
+
+def test_scaled_steps_equal_unscaled_ones(cpu_scaler, monkeypatch):
+    """With a scale that fits, scaling and unscaling by a power of two is exact: the float16
+    path applies the same update as the plain one."""
+    import sys
+
+    pairs = make_pairs(24, seed=5)
+    scaled = s2s(0)
+    monkeypatch.setattr(sys.modules["distilkit.train"], "_grad_scaler",
+                        lambda device, config: torch.amp.GradScaler("cpu", init_scale=1024.0))
+    hist = train(scaled, pairs, config=cfg(steps=4, clip_norm=1.0))
+    assert hist.skipped_step == []
+    monkeypatch.setattr(sys.modules["distilkit.train"], "_grad_scaler", lambda device, config: None)
+    plain = s2s(0)
+    train(plain, pairs, config=cfg(steps=4, clip_norm=1.0))
+    assert max_diff(state(scaled), state(plain)) < 1e-6
+
+
+def test_scaler_state_is_saved_and_resumed_bitwise(cpu_scaler, tmp_path):
+    pairs = make_pairs(24, seed=5)
+
+    def config(folder):
+        return cfg(steps=10, clip_norm=1.0, checkpoint_dir=str(folder), checkpoint_every=4, seed=3)
+
+    straight = s2s(0)
+    h1 = train(straight, pairs, config=config(tmp_path / "a"))
+    interrupted = s2s(0)
+    with pytest.raises(Interrupted):
+        train(interrupted, pairs, config=config(tmp_path / "b"), targets=StopAtCall(7))
+    resumed = s2s(1)
+    h2 = train(resumed, pairs, config=config(tmp_path / "b"))
+    assert h1.skipped_step == h2.skipped_step and h1.skipped_step  # the scale was restored
+    _same_history(h1, h2)
+    assert_bitwise_equal(state(straight), state(resumed))
+
+
+def test_a_nan_loss_still_raises_under_the_scaler(cpu_scaler):
+    class NaNModel(Seq2SeqLSTM):
+        def forward(self, batch):
+            return super().forward(batch) * math.nan
+
+    torch.manual_seed(0)
+    model = NaNModel(Seq2SeqConfig(vocab_size=V, embed_dim=16, hidden_dim=16))
+    with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
+        train(model, make_pairs(8, 0), config=cfg(steps=2))
