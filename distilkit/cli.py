@@ -1,25 +1,63 @@
-"""Command line: ``distilkit demo | train | distill | generate | evaluate``."""
+"""Command line: ``distilkit demo | train | distill | generate | evaluate``.
+
+Only the standard library is imported at module level: ``distilkit --help`` and argument errors
+answer without importing torch; each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-import torch
+from . import __version__
 
-from .losses import DIVERGENCES
+# the choices of --divergence; a test checks that they equal distilkit.losses.DIVERGENCES
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl")
+
+# Python names that validation errors (TrainConfig, KDConfig, losses, decoding) speak of -> the flag
+# that fed them, so that a user reads "--steps must be ...", not "TrainConfig.steps must be ...".
+FLAG_OF: Dict[str, str] = {
+    "TrainConfig.steps": "--steps",
+    "TrainConfig.batch_size": "--batch-size",
+    "TrainConfig.grad_accum": "--grad-accum",
+    "TrainConfig.lr": "--lr",
+    "KDConfig.alpha": "--alpha",
+    "KDConfig.beta": "--beta",
+    "temperature": "--temperature",
+    "beam_size": "--beam-size",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "max_new_tokens": "--max-new-tokens",
+    "device": "--device",
+}
+_FLAG_RE = re.compile(
+    r"(?<![\w.-])(" + "|".join(re.escape(k) for k in sorted(FLAG_OF, key=len, reverse=True)) + r")"
+    r"(?=(?: \([^)]*\))? must\b)")
+
+
+def flag_message(message: str) -> str:
+    """``message`` with each Python name that a check complains about ("TrainConfig.steps must be
+    a positive int") replaced by its command-line flag ("--steps must be a positive int")."""
+    return _FLAG_RE.sub(lambda m: FLAG_OF[m.group(1)], message)
+
 
 EPILOG = """examples:
   distilkit demo                          teacher vs baseline vs distilled student (~5-10 min on 2 CPUs)
   distilkit demo --json out.json          ... and write the figures as JSON
   distilkit train --preset d2t-teacher --steps 2000 --out teacher.safetensors
-  distilkit distill --teacher teacher.safetensors --out student.safetensors
+  distilkit distill --teacher d2t-teacher --out student.safetensors
   distilkit generate --model student.safetensors --mr "name : the eagle | food : thai | area : riverside"
-  distilkit evaluate --model student.safetensors
+  distilkit evaluate --model d2t-teacher
+
+--model and --teacher take a checkpoint file or the name of one shipped with distilkit (d2t-teacher).
 """
+
+CHECKPOINT_HELP = "checkpoint file (.safetensors) or the name of a shipped one, e.g. d2t-teacher"
 
 
 def _kd_args(p: argparse.ArgumentParser) -> None:
@@ -44,22 +82,24 @@ def _train_args(p: argparse.ArgumentParser, steps: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (imports nothing heavy)."""
     ap = argparse.ArgumentParser(
         prog="distilkit",
         description="Knowledge distillation for text generators: train a teacher, distil a small "
                     "student, decode and evaluate. Built-in tasks need no downloads.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the whole experiment on the built-in data-to-text task",
                        description="Load the shipped teacher, train a same-size student on hard labels "
                                    "(baseline) and one with word-level KD, and compare all three on the "
                                    "test split: parameters, BLEU, slot error rate, perplexity, tokens/s.")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON (checked before the run)")
     p.add_argument("--seed", type=int, default=0, help="student initialisation and data order (default 0)")
     p.add_argument("--steps", type=int, default=1200, help="training steps for each student (default 1200)")
     p.add_argument("--transfer", type=int, default=6000, help="unlabelled inputs labelled by the teacher")
-    p.add_argument("--teacher", help="teacher checkpoint (default: the one shipped with distilkit)")
+    p.add_argument("--teacher", help=CHECKPOINT_HELP + " (default: d2t-teacher)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _kd_args(p)
@@ -76,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distil a teacher checkpoint into a smaller student",
                        description="Word-level KD (optionally on teacher-labelled transfer inputs) or "
                                    "sequence-level KD into a student preset.")
-    p.add_argument("--teacher", required=True, help="teacher checkpoint (.safetensors)")
+    p.add_argument("--teacher", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--preset", default="d2t-student", help="student preset (default d2t-student)")
     p.add_argument("--out", required=True, help="where to save the student (.safetensors)")
     p.add_argument("--transfer", type=int, default=6000, help="d2t: unlabelled inputs labelled by the teacher")
@@ -87,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p, 1200)
 
     p = sub.add_parser("generate", help="decode with a saved model",
-                       description="Generate text from a data-to-text MR or a language-model prompt.")
-    p.add_argument("--model", required=True, help="model checkpoint (.safetensors)")
+                       description="Generate text from a data-to-text MR or a language-model prompt. "
+                                   "Every word of the input must be in the model's vocabulary.")
+    p.add_argument("--model", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--mr", help='data-to-text input, e.g. "name : the eagle | food : thai"')
     p.add_argument("--prompt", help="language-model prompt")
     p.add_argument("--method", choices=["greedy", "beam", "sample"], default="greedy")
@@ -101,13 +142,81 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score a saved model on the built-in task",
                        description="d2t models: BLEU, slot error rate, perplexity, tokens/s on the test "
-                                   "split; LM models: held-out perplexity. Prints JSON.")
-    p.add_argument("--model", required=True, help="model checkpoint (.safetensors)")
+                                   "split; LM models: held-out perplexity. Prints JSON on stdout; the "
+                                   "progress bar goes to stderr.")
+    p.add_argument("--model", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--split", choices=["valid", "test"], default="test")
     p.add_argument("--corpus", help="text file for language models")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return ap
 
 
+# ============================================================================ argument checks
+def _checkpoint(value: str, flag: str) -> Path:
+    """The file behind ``--model``/``--teacher``: a path, or the name of a shipped checkpoint."""
+    from .experiments import checkpoint_path, shipped_checkpoints
+
+    path = Path(value)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise ValueError(f"{flag} {value}: is a folder; give a checkpoint file (.safetensors)")
+    names = shipped_checkpoints()
+    if value in names:
+        return checkpoint_path(value)
+    raise FileNotFoundError(f"{flag} {value}: no such file, and no shipped checkpoint of that name "
+                            f"(shipped: {', '.join(names) or 'none'})")
+
+
+def _check_output(value: str, flag: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    path = Path(value)
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"{flag} {value}: is a folder; give a file path")
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {value}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{flag} {value}: cannot write there (permission denied)")
+
+
+def _train_config(args, desc):
+    from .train import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                       seed=args.seed, device=args.device, checkpoint_dir=args.checkpoint_dir,
+                       progress=not args.no_progress, restore_best=True, desc=desc)
+
+
+def _kd_config(args):
+    from .train import KDConfig
+
+    return KDConfig(temperature=args.temperature, alpha=args.alpha, divergence=args.divergence, beta=args.beta)
+
+
+def _check_transfer(args) -> None:
+    if args.transfer < 0:
+        raise ValueError(f"--transfer must be an int >= 0, got {args.transfer}")
+
+
+def _check_early(args) -> None:
+    """Refuse a bad --device or --preset before minutes of data generation and training."""
+    if getattr(args, "device", None) is not None:
+        from .train import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except ValueError as exc:
+            message = flag_message(str(exc))
+            raise ValueError(message if message.startswith("--device") else f"--device: {message}") from None
+    if getattr(args, "preset", None) is not None:
+        from .models import PRESETS
+
+        if args.preset not in PRESETS:
+            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}; got {args.preset!r}")
+
+
+# ============================================================================ commands
 def _lm_examples(model_or_tok, corpus: Optional[str], block: int = 128):
     from .data import CharTokenizer, lm_examples, load_text_corpus
 
@@ -119,11 +228,16 @@ def _lm_examples(model_or_tok, corpus: Optional[str], block: int = 128):
 
 def _cmd_demo(args) -> int:
     from .experiments import run_demo
-    from .train import KDConfig
+    from .train import TrainConfig
 
-    kd = KDConfig(temperature=args.temperature, alpha=args.alpha, divergence=args.divergence, beta=args.beta)
+    kd = _kd_config(args)
+    TrainConfig(steps=args.steps, device=args.device)  # the demo's own config: refuse a bad --steps now
+    _check_transfer(args)
+    teacher = _checkpoint(args.teacher, "--teacher") if args.teacher else None
+    if args.json:
+        _check_output(args.json, "--json")
     res = run_demo(seed=args.seed, steps=args.steps, num_transfer=args.transfer, kd=kd,
-                   teacher_path=args.teacher, device=args.device, progress=not args.no_progress)
+                   teacher_path=teacher, device=args.device, progress=not args.no_progress)
     print()
     print(res.table())
     b, s = res.models["baseline"], res.models["student"]
@@ -135,15 +249,9 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _train_config(args, desc):
-    from .train import TrainConfig
-
-    return TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                       seed=args.seed, device=args.device, checkpoint_dir=args.checkpoint_dir,
-                       progress=not args.no_progress, restore_best=True, desc=desc)
-
-
 def _cmd_train(args) -> int:
+    config = _train_config(args, args.preset)
+    _check_output(args.out, "--out")
     from .checkpoint import save_model
     from .data import make_data_to_text
     from .models import count_parameters, make_model
@@ -157,7 +265,7 @@ def _cmd_train(args) -> int:
         tr = data.encode_pairs(data.teacher_train if args.labelled == "teacher" else data.train)
         va = data.encode_pairs(data.valid)
     model = make_model(args.preset, len(tok))
-    hist = train(model, tr, config=_train_config(args, args.preset), valid_examples=va)
+    hist = train(model, tr, config=config, valid_examples=va)
     save_model(model, args.out, tok, extra={"history": hist.to_dict()})
     print(json.dumps({"params": count_parameters(model), "best_valid_loss": hist.best_valid_loss,
                       "out": args.out}))
@@ -165,15 +273,18 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_distill(args) -> int:
+    kd, config = _kd_config(args), _train_config(args, "distil")
+    _check_transfer(args)
+    _check_output(args.out, "--out")
+    teacher_path = _checkpoint(args.teacher, "--teacher")
     from .checkpoint import load_model, save_model
     from .data import make_data_to_text
     from .models import count_parameters, make_model
-    from .train import HardLabels, KDConfig, TeacherLogits, sequence_level_data, train
+    from .train import HardLabels, TeacherLogits, sequence_level_data, train
 
-    teacher, tok, _ = load_model(args.teacher)
+    teacher, tok, _ = load_model(teacher_path)
     if tok is None:
         raise ValueError(f"--teacher {args.teacher} has no tokenizer stored; save it with save_model(..., tokenizer)")
-    kd = KDConfig(temperature=args.temperature, alpha=args.alpha, divergence=args.divergence, beta=args.beta)
     if teacher.kind == "lm":
         _, tr, va = _lm_examples(tok, args.corpus)
     else:
@@ -181,14 +292,16 @@ def _cmd_distill(args) -> int:
         if tok != data.tokenizer:
             raise ValueError("--teacher was trained with a different tokenizer than the built-in task's")
         va = data.encode_pairs(data.valid)
+        progress = not args.no_progress
         if args.sequence_level:
-            tr = sequence_level_data(teacher, data.encode_inputs([m for m, _ in data.train] + data.transfer[: args.transfer]))
+            tr = sequence_level_data(teacher, data.encode_inputs([m for m, _ in data.train] + data.transfer[: args.transfer]),
+                                     progress=progress)
         else:
             tr = data.encode_pairs(data.train) + sequence_level_data(
-                teacher, data.encode_inputs(data.transfer[: args.transfer]), method="greedy")
+                teacher, data.encode_inputs(data.transfer[: args.transfer]), method="greedy", progress=progress)
     student = make_model(args.preset, len(tok))
     targets = HardLabels() if args.sequence_level else TeacherLogits(teacher, kd)
-    hist = train(student, tr, config=_train_config(args, "distil"), targets=targets, valid_examples=va)
+    hist = train(student, tr, config=config, targets=targets, valid_examples=va)
     save_model(student, args.out, tok, extra={"history": hist.to_dict(), "teacher": str(args.teacher)})
     print(json.dumps({"params": count_parameters(student), "teacher_params": count_parameters(teacher),
                       "best_valid_loss": hist.best_valid_loss, "out": args.out}))
@@ -196,16 +309,26 @@ def _cmd_distill(args) -> int:
 
 
 def _cmd_generate(args) -> int:
+    model_path = _checkpoint(args.model, "--model")
+    import torch
+
     from .checkpoint import load_model
     from .generate import generate
 
-    model, tok, _ = load_model(args.model)
+    model, tok, _ = load_model(model_path)
     if tok is None:
         raise ValueError(f"--model {args.model} has no tokenizer stored")
+    flag = "--mr" if model.kind == "seq2seq" else "--prompt"
     text = args.mr if model.kind == "seq2seq" else args.prompt
     if not text:
-        flag = "--mr" if model.kind == "seq2seq" else "--prompt"
         raise ValueError(f"{flag} is required for this {model.kind} model")
+    try:
+        ids = tok.encode(text, unknown="error")
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}; the model can only read what its {tok.kind} tokenizer "
+                         f"knows ({len(tok)} entries)") from None
+    if not ids:
+        raise ValueError(f"{flag} has no tokens")
     torch.manual_seed(args.seed)
     kwargs = {"max_new_tokens": args.max_new_tokens}
     if args.method == "beam":
@@ -213,21 +336,19 @@ def _cmd_generate(args) -> int:
     if args.method == "sample":
         kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                       generator=torch.Generator().manual_seed(args.seed))
-    ids = tok.encode(text)
-    if not ids:
-        raise ValueError("the input text has no tokens")
     out = generate(model, [ids], method=args.method, **kwargs)[0]
     print((text if model.kind == "lm" else "") + tok.decode(out))
     return 0
 
 
 def _cmd_evaluate(args) -> int:
+    model_path = _checkpoint(args.model, "--model")
     from .checkpoint import load_model
     from .data import make_data_to_text
     from .experiments import evaluate_d2t
     from .metrics import perplexity
 
-    model, tok, _ = load_model(args.model)
+    model, tok, _ = load_model(model_path)
     if model.kind == "lm":
         _, _, va = _lm_examples(tok, args.corpus)
         print(json.dumps({"perplexity": round(perplexity(model, va), 3)}))
@@ -235,26 +356,14 @@ def _cmd_evaluate(args) -> int:
     data = make_data_to_text()
     if tok is not None and tok != data.tokenizer:
         raise ValueError(f"--model {args.model} uses a different tokenizer than the built-in task")
-    res = evaluate_d2t(model, data, args.split)
+    res = evaluate_d2t(model, data, args.split, progress=not args.no_progress)
     res.pop("outputs")
     print(json.dumps(res))
     return 0
 
 
-def _check_early(args) -> None:
-    """Refuse a bad --device or --preset before minutes of data generation and training."""
-    if getattr(args, "device", None) is not None:
-        from .train import resolve_device
-
-        try:
-            resolve_device(args.device)
-        except ValueError as exc:
-            raise ValueError(f"--device: {exc}") from None
-    if getattr(args, "preset", None) is not None:
-        from .models import PRESETS
-
-        if args.preset not in PRESETS:
-            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}; got {args.preset!r}")
+COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "distill": _cmd_distill, "generate": _cmd_generate,
+            "evaluate": _cmd_evaluate}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -263,13 +372,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    commands = {"demo": _cmd_demo, "train": _cmd_train, "distill": _cmd_distill,
-                "generate": _cmd_generate, "evaluate": _cmd_evaluate}
     try:
         _check_early(args)
-        return commands[args.command](args)
+        return COMMANDS[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"distilkit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"distilkit {args.command}: error: {flag_message(str(exc))}", file=sys.stderr)
         return 2
 
 

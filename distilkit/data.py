@@ -75,10 +75,20 @@ class _Tokenizer:
     def join(self, pieces: List[str]) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> List[int]:
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, unknown: str = "unk") -> List[int]:
+        """Token ids of ``text``. Pieces outside the vocabulary become ``<unk>`` (``unknown="unk"``)
+        or raise a ``ValueError`` that lists them (``unknown="error"``)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        ids = [self.stoi.get(p, self.unk_id) for p in self.split(text)]
+        if unknown not in ("unk", "error"):
+            raise ValueError(f"unknown must be 'unk' or 'error', got {unknown!r}")
+        pieces = self.split(text)
+        if unknown == "error":
+            missing = list(dict.fromkeys(p for p in pieces if p not in self.stoi))
+            if missing:
+                raise ValueError(f"{len(missing)} {'word' if self.kind == 'word' else 'piece'}(s) not in the "
+                                 f"tokenizer's vocabulary: {', '.join(map(repr, missing))}")
+        ids = [self.stoi.get(p, self.unk_id) for p in pieces]
         return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
 
     def decode(self, ids: Iterable[int], strip_special: bool = True) -> str:

@@ -1,18 +1,27 @@
-"""Tests for the command line (``python -m distilkit ...``): help texts, clean errors, and a
-tiny end-to-end train -> generate -> evaluate run in a temporary folder."""
+"""Tests for the command line (``python -m distilkit ...``) and the package's lazy imports: help
+texts without torch, ``--version``, errors that name flags, shipped checkpoints by name, early
+checks of output paths, out-of-vocabulary input, and a tiny end-to-end train -> generate ->
+evaluate run in a temporary folder."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
 
+import distilkit as dk  # noqa: E402
+import distilkit.cli as cli  # noqa: E402
 from distilkit.cli import main  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -111,10 +120,266 @@ def test_train_generate_evaluate_end_to_end(tmp_path, capsys):
 
     r = run_cli("evaluate", "--model", out, "--split", "valid", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "evaluate (valid)" in r.stderr and "220/220" in r.stderr  # progress: 200 decoded + 20 timed
+    res = json.loads(r.stdout)  # stdout is nothing but the JSON
     assert {"bleu", "slot_error_rate", "perplexity", "params", "tokens_per_s"} <= set(res)
     assert 0 <= res["bleu"] <= 100
     assert res["slot_error_rate"] >= 0
     assert res["perplexity"] > 1
     assert res["params"] == info["params"]
     assert res["tokens_per_s"] > 0
+
+    assert main(["evaluate", "--model", str(tmp_path / out), "--split", "valid", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert json.loads(captured.out)["params"] == info["params"]
+
+
+# ============================================================================ no torch for --help
+NO_TORCH = """
+import sys
+import distilkit.cli
+distilkit.cli.build_parser()
+for argv in ([], ["--help"], ["--version"], *([c, "--help"] for c in distilkit.cli.COMMANDS)):
+    try:
+        distilkit.cli.main(argv)
+    except SystemExit:
+        pass
+heavy = sorted(m for m in ("torch", "numpy", "sacrebleu", "safetensors", "tqdm") if m in sys.modules)
+assert not heavy, heavy
+"""
+
+
+def test_help_and_version_do_not_import_torch():
+    r = subprocess.run([sys.executable, "-c", NO_TORCH], env=ENV, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_version():
+    r = run_cli("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"distilkit {importlib.metadata.version('distilkit')}\n"
+    assert dk.__version__ == importlib.metadata.version("distilkit")
+
+
+def test_divergence_choices_match_the_losses():
+    from distilkit.losses import DIVERGENCES
+
+    assert tuple(cli.DIVERGENCES) == tuple(DIVERGENCES)
+
+
+# ============================================================================ lazy package
+def test_import_distilkit_is_lazy():
+    code = ("import sys, distilkit as dk\n"
+            "assert 'torch' not in sys.modules\n"
+            "names = dir(dk)\n"
+            "assert all(n in names for n in dk.__all__), set(dk.__all__) - set(names)\n"
+            "assert 'distillation_loss' in names and 'experiments' in names\n"
+            "assert 'torch' not in sys.modules\n"
+            "dk.KDConfig\n"
+            "assert 'torch' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_every_public_name_resolves():
+    for name in dk.__all__:
+        assert getattr(dk, name) is not None
+        ns = {}
+        exec(f"from distilkit import {name}", ns)
+        assert ns[name] is getattr(dk, name)
+    assert dk.experiments.load_teacher is dk.load_teacher
+    with pytest.raises(AttributeError, match="no_such_name"):
+        dk.no_such_name  # noqa: B018
+
+
+def test_train_and_generate_stay_functions_when_their_modules_are_imported():
+    code = ("import distilkit as dk\n"
+            "import distilkit.train, distilkit.generate\n"
+            "from distilkit.train import TrainConfig\n"
+            "import sys\n"
+            "assert dk.train is sys.modules['distilkit.train'].train, dk.train\n"
+            "assert dk.generate is sys.modules['distilkit.generate'].generate, dk.generate\n"
+            "assert dk.greedy is sys.modules['distilkit.generate'].greedy\n")
+    r = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_type_checking_imports_match_the_lazy_table():
+    """Static type checkers read the ``if TYPE_CHECKING:`` imports; the runtime reads _EXPORTS."""
+    tree = ast.parse(Path(dk.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    static = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom) and node.level == 1
+        for alias in node.names:
+            static[alias.asname or alias.name] = node.module or alias.name
+    assert static == {**dk._EXPORTS, "experiments": "experiments", "notebook": "notebook"}
+    assert set(dk.__all__) == set(static)
+
+
+# ============================================================================ errors name flags
+def _bad(command, *extra):
+    base = {"distill": ["distill", "--teacher", "d2t-teacher", "--out", "s.safetensors", "--no-progress"],
+            "demo": ["demo", "--no-progress"],
+            "train": ["train", "--preset", "d2t-tiny", "--out", "t.safetensors", "--no-progress"],
+            "generate": ["generate", "--model", "d2t-teacher", "--mr", "name : the eagle | food : thai"]}
+    return base[command] + list(extra)
+
+
+# (arguments, the flag the error must name, the Python name it must not show)
+FLAG_CASES = [
+    (_bad("distill", "--steps", "0"), "--steps", "TrainConfig.steps"),
+    (_bad("demo", "--steps", "0"), "--steps", "TrainConfig.steps"),
+    (_bad("train", "--steps", "-3"), "--steps", "TrainConfig.steps"),
+    (_bad("distill", "--batch-size", "0"), "--batch-size", "TrainConfig.batch_size"),
+    (_bad("train", "--grad-accum", "0"), "--grad-accum", "TrainConfig.grad_accum"),
+    (_bad("distill", "--lr", "-1"), "--lr", "TrainConfig.lr"),
+    (_bad("distill", "--alpha", "1.5"), "--alpha", "KDConfig.alpha"),
+    (_bad("demo", "--alpha", "-0.5"), "--alpha", "KDConfig.alpha"),
+    (_bad("distill", "--divergence", "jsd", "--beta", "0"), "--beta", "KDConfig.beta"),
+    (_bad("distill", "--temperature", "0"), "--temperature", "temperature must"),
+    (_bad("generate", "--method", "sample", "--temperature", "0"), "--temperature", "temperature must"),
+    (_bad("generate", "--method", "beam", "--beam-size", "0"), "--beam-size", "beam_size"),
+    (_bad("generate", "--method", "sample", "--top-k", "0"), "--top-k", "top_k"),
+    (_bad("generate", "--method", "sample", "--top-p", "1.5"), "--top-p", "top_p"),
+    (_bad("generate", "--max-new-tokens", "0"), "--max-new-tokens", "max_new_tokens"),
+    (_bad("distill", "--device", "gpu0"), "--device", "device must"),
+    (_bad("distill", "--transfer", "-1"), "--transfer", "num_transfer"),
+]
+
+
+@pytest.mark.parametrize("argv, flag, python_name", FLAG_CASES, ids=[f"{c[0][0]} {c[1]}" for c in FLAG_CASES])
+def test_errors_name_the_flag(argv, flag, python_name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    started = []
+    monkeypatch.setattr("distilkit.experiments.run_demo", lambda *a, **k: started.append(1))
+    monkeypatch.setattr("distilkit.data.make_data_to_text", lambda *a, **k: started.append(1))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"distilkit {argv[0]}: error: "), err
+    assert flag in err, err
+    assert not re.search(rf"(?<![\w.-]){re.escape(python_name)}", err), err
+    assert not started  # refused before any data was made or training started
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_entry_of_the_flag_table_is_exercised():
+    covered = {python_name.replace(" must", "") for _, _, python_name in FLAG_CASES}
+    assert set(cli.FLAG_OF) <= covered
+    assert {flag for _, flag, _ in FLAG_CASES} >= set(cli.FLAG_OF.values())
+
+
+def test_flag_message_rewrites_only_what_a_check_complains_about():
+    assert cli.flag_message("TrainConfig.lr must be a finite number > 0, got -1.0") == \
+        "--lr must be a finite number > 0, got -1.0"
+    assert cli.flag_message("KDConfig.beta (for jsd) must lie in (0, 1), got 0.0") == \
+        "--beta (for jsd) must lie in (0, 1), got 0.0"
+    prose = "the teacher's temperature is 2 and its device is cuda; max_new_tokens_total must be set"
+    assert cli.flag_message(prose) == prose
+
+
+# ============================================================================ shipped checkpoints by name
+def test_generate_with_the_shipped_teacher_by_name(capsys):
+    assert main(["generate", "--model", "d2t-teacher", "--mr", "name : the eagle | food : thai",
+                 "--max-new-tokens", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "the eagle" in out and "thai" in out
+
+
+def test_distill_from_the_shipped_teacher_by_name(tmp_path):
+    out = tmp_path / "student.safetensors"
+    assert main(["distill", "--teacher", "d2t-teacher", "--preset", "d2t-tiny", "--transfer", "0", "--steps", "1",
+                 "--batch-size", "4", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    _, _, meta = dk.load_model(out)
+    assert meta["extra"]["teacher"] == "d2t-teacher"
+
+
+def test_unknown_checkpoint_name_lists_the_shipped_ones(capsys, tmp_path):
+    for argv in (["generate", "--model", "d2t-teachr", "--mr", "name : the eagle"],
+                 ["evaluate", "--model", "d2t-teachr"],
+                 ["distill", "--teacher", "d2t-teachr", "--out", str(tmp_path / "s.safetensors")],
+                 ["demo", "--teacher", "d2t-teachr"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        flag = "--teacher" if "--teacher" in argv else "--model"
+        assert f"{flag} d2t-teachr" in err and "shipped: d2t-teacher" in err, err
+    assert dk.experiments.shipped_checkpoints() == ["d2t-teacher"]
+
+
+def test_a_folder_is_not_a_checkpoint(capsys, tmp_path):
+    assert main(["generate", "--model", str(tmp_path), "--mr", "name : the eagle"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+# ============================================================================ output paths checked first
+@pytest.mark.parametrize("where", ["missing folder", "a folder"])
+def test_demo_json_path_is_checked_before_the_run(where, tmp_path, capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr("distilkit.experiments.run_demo", lambda *a, **k: started.append(1))
+    path = tmp_path / "no-such-folder" / "out.json" if where == "missing folder" else tmp_path
+    t0 = time.perf_counter()
+    assert main(["demo", "--json", str(path), "--no-progress"]) == 2
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert err.startswith("distilkit demo: error: --json "), err
+    assert str(path) in err
+    assert not started, "the demo ran although --json could not be written"
+    assert elapsed < 10  # (generous: it is a path check; the run it guards takes minutes)
+
+
+def test_demo_json_good_path_reaches_the_run(tmp_path, monkeypatch):
+    class Reached(Exception):
+        pass
+
+    def fake_run_demo(**kwargs):
+        raise Reached(kwargs)
+
+    monkeypatch.setattr("distilkit.experiments.run_demo", fake_run_demo)
+    with pytest.raises(Reached) as info:
+        main(["demo", "--json", str(tmp_path / "out.json"), "--steps", "7", "--teacher", "d2t-teacher"])
+    kwargs = info.value.args[0]
+    assert kwargs["steps"] == 7
+    assert kwargs["teacher_path"] == dk.experiments.checkpoint_path("d2t-teacher")
+
+
+def test_train_out_is_checked_before_training(tmp_path, capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr("distilkit.data.make_data_to_text", lambda *a, **k: started.append(1))
+    assert main(["train", "--preset", "d2t-tiny", "--out", str(tmp_path / "nope" / "m.safetensors")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert not started
+
+
+# ============================================================================ out-of-vocabulary input
+def test_generate_refuses_unknown_words(capsys):
+    assert main(["generate", "--model", "d2t-teacher",
+                 "--mr", "name : the eagle | food : pizza | area : zanzibar"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distilkit generate: error: --mr")
+    assert "'pizza'" in err and "'zanzibar'" in err
+    assert "'eagle'" not in err  # only the unknown words are listed
+
+
+def test_generate_refuses_unknown_characters_in_a_prompt(tmp_path, capsys):
+    tok = dk.CharTokenizer.from_texts(["hello world"])
+    torch.manual_seed(0)
+    model = dk.TransformerLM(dk.TransformerConfig(vocab_size=len(tok), d_model=16, n_layers=1, n_heads=2,
+                                                  max_len=32))
+    path = tmp_path / "lm.safetensors"
+    dk.save_model(model, path, tok)
+    assert main(["generate", "--model", str(path), "--prompt", "hello ZZ!", "--max-new-tokens", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt" in err and "'Z'" in err and "'!'" in err
+    assert main(["generate", "--model", str(path), "--prompt", "hello", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("hello")
+
+
+def test_tokenizer_encode_unknown_option():
+    tok = dk.WordTokenizer.from_texts(["the eagle serves thai food"])
+    assert tok.encode("the pizza") == [tok.stoi["the"], tok.unk_id]  # default unchanged
+    assert tok.encode("the eagle", unknown="error") == tok.encode("the eagle")
+    with pytest.raises(ValueError, match="'pizza', 'oven'"):
+        tok.encode("the pizza oven pizza", unknown="error")
+    with pytest.raises(ValueError, match="unknown must be"):
+        tok.encode("the", unknown="drop")
