@@ -346,3 +346,49 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["f.bin"]
+
+
+# ============================================================================ tied weights, configs
+def test_shared_tensors_are_stored_once_and_restored_under_every_name(tmp_path):
+    w = torch.arange(12.0).reshape(3, 4)
+    tensors = {"embed": w, "head": w, "first_row": w[0], "other": torch.ones(2)}
+    write_checkpoint(tmp_path / "c.safetensors", tensors, {"kind": "test"})
+    back, meta = read_checkpoint(tmp_path / "c.safetensors")
+    assert meta == {"kind": "test"}
+    assert back.keys() == tensors.keys()
+    assert back["head"] is back["embed"]  # one tensor under two names, as it was saved
+    for k, v in tensors.items():
+        assert torch.equal(back[k], v), k
+    # the file holds the shared tensor once (a view that only overlaps it is its own copy)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "c.safetensors"), "pt") as fh:
+        assert sorted(fh.keys()) == ["embed", "first_row", "other"]
+
+
+class _TiedLM(torch.nn.Module):
+    """Input and output embeddings tied the usual way (one Parameter under two names), and a
+    config that is a dataclass holding a tuple (JSON gives a list back)."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        from dataclasses import dataclass
+
+        @dataclass
+        class TiedConfig:
+            vocab_size: int = 10
+            widths: tuple = (8, 8)
+
+        torch.manual_seed(seed)
+        self.config = TiedConfig()
+        self.embed = torch.nn.Embedding(10, 8)
+        self.head = torch.nn.Linear(8, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_tied_model_weights_round_trip_and_stay_tied(tmp_path):
+    a, b = _TiedLM(0), _TiedLM(1)
+    save_model(a, tmp_path / "tied.safetensors")
+    load_weights(b, tmp_path / "tied.safetensors")  # the tuple config compares equal after JSON
+    assert b.head.weight is b.embed.weight
+    assert torch.equal(b.embed.weight, a.embed.weight)
