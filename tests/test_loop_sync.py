@@ -22,6 +22,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 torch.set_num_threads(1)
 
@@ -41,12 +42,40 @@ V = 13
 _READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
 
 
+#: operators whose output shape depends on tensor values: the host must wait for them too
+_VALUE_SHAPED = {"aten::nonzero", "aten::masked_select", "aten::_unique2", "aten::unique_consecutive",
+                 "aten::unique_dim", "aten::repeat_interleave", "aten::equal", "aten::is_nonzero"}
+
+
+class _ValueShapedOps(TorchDispatchMode):
+    def __init__(self, record):
+        super().__init__()
+        self.record = record
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        boolean_index = name in ("aten::index", "aten::index_put", "aten::index_put_") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()))
+        if name in _VALUE_SHAPED or boolean_index:
+            self.record(sys._getframe(1), name)
+        return func(*args, **(kwargs or {}))
+
+
 class HostReads:
-    """Count tensor-to-host conversions while active, keyed by (file, function) of the caller."""
+    """Count tensor-to-host conversions while active, keyed by (file, function) of the caller:
+    the Python-level reads, and the operators whose output shape depends on values (boolean
+    mask indexing, ``nonzero``, ...), attributed to the innermost distilkit frame."""
 
     def __init__(self):
         self.counts = collections.Counter()
         self._saved = {}
+        self._mode = _ValueShapedOps(self._record_op)
+
+    def _record_op(self, frame, op):
+        while frame is not None and not _where(frame.f_code.co_filename).startswith("distilkit/"):
+            frame = frame.f_back
+        where = ("torch", op) if frame is None else (_where(frame.f_code.co_filename), frame.f_code.co_name)
+        self.counts[where] += 1
 
     def __enter__(self):
         for name in _READS:
@@ -59,9 +88,11 @@ class HostReads:
                 return _original(t, *args, **kwargs)
 
             setattr(torch.Tensor, name, wrapper)
+        self._mode.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
         for name, original in self._saved.items():
             setattr(torch.Tensor, name, original)
 
@@ -147,7 +178,8 @@ def test_the_counter_sees_reads():
         t.sum().item()
         bool(torch.isfinite(t).all())
         t.tolist()
-    assert sum(reads.counts.values()) == 4
+        t[t > 0]  # boolean-mask indexing: its output shape depends on the values
+    assert sum(reads.counts.values()) == 5, reads.counts
 
 
 def test_token_id_check_reads_nothing_on_an_accelerator():
