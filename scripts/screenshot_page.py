@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Take a full-page screenshot of a built book page with headless Chromium.
 
-Usage (after `bash scripts/build_book.sh`):
+Usage (after `jupyter-book build .`):
 
     python scripts/screenshot_page.py book/01_background.html out.png
     python scripts/screenshot_page.py _build/html/book/intro.html intro.png --width 1000
@@ -205,7 +205,7 @@ def _page_relative_path(page: str) -> str:
                 continue
     raise SystemExit(
         f"screenshot_page.py: {page!r} is not a page of the built book in {HTML_DIR} "
-        "(run `bash scripts/build_book.sh` first)"
+        "(run `jupyter-book build .` first)"
     )
 
 

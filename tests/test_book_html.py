@@ -1,15 +1,23 @@
-"""The book builds without warnings, and its pages render in a real browser, offline.
+"""The book builds with the usual command, without warnings, and its pages render in a real
+browser, offline.
 
-1. `bash scripts/build_book.sh` (jupyter-book build -W: any warning fails) runs once per
-   test session.
-2. No page loads a script or stylesheet from another site (MathJax, RequireJS and the
-   widget manager come from _static/vendor/).
+1. `jupyter-book build . --all -W -n --keep-going` (any warning fails) runs once per test
+   session into a fresh folder, exactly as a reader would run it after
+   `pip install -e ".[book]"`, with `node` and `npm` on PATH replaced by stubs that record
+   any call: the build must not need Node.js.
+2. No page loads a script or stylesheet from another site: MathJax (from the
+   sphinx-mathjax-offline package), RequireJS and the widget manager (book/_static/vendor/)
+   are in the built site.
 3. Each page of the table of contents is opened in headless Chromium from a local HTTP
    server on 127.0.0.1, and the test checks that
    * the math is typeset by MathJax (no raw TeX such as `$$` or `\\[` is left visible),
    * every chapter has at least one figure (a loaded image) or a rendered widget,
    * the widgets stored in the notebook render from their saved state,
-   * no image is broken, the console shows no error, and no request leaves 127.0.0.1.
+   * no image is broken, the console shows no error, and no request leaves 127.0.0.1,
+   * Chinese text appears only inside elements marked `lang="zh"` (the intro's table of
+     the source article's sections), so every heading is legible without CJK fonts,
+   * one header: the theme's full-width navbar is not shown, and exactly one "Toggle
+     primary sidebar" button is visible; clicking it collapses the sidebar.
 
 Chromium comes from Debian (`apt-get install -y chromium chromium-driver`) and is driven
 through chromedriver by the `selenium` package.  Without them the browser tests are
@@ -22,6 +30,7 @@ import fcntl
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -30,8 +39,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML_DIR = ROOT / "_build" / "html"
-BUILD_SCRIPT = ROOT / "scripts" / "build_book.sh"
+BUILD_ARGS = ["build", ".", "--all", "-W", "-n", "--keep-going"]
 IN_CI = os.environ.get("CI", "").strip().lower() == "true"
 BUILD_TIMEOUT_S = 1800
 
@@ -70,63 +78,79 @@ helpers = _load_browser_helpers()
 # ---------------------------------------------------------------------------------------
 
 
+def _jupyter_book() -> str:
+    """The jupyter-book of the Python environment that runs the tests."""
+    jb = Path(sys.executable).with_name("jupyter-book")
+    if jb.exists():
+        return str(jb)
+    found = shutil.which("jupyter-book")
+    if found is None:
+        pytest.fail('jupyter-book not found; install it with: pip install -e ".[book]"')
+    return found
+
+
+def _node_stubs(folder: Path, calls: Path) -> None:
+    """`node`, `npm` and `npx` that only record that they were called, and fail."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("node", "npm", "npx"):
+        stub = folder / name
+        stub.write_text(f'#!/bin/sh\necho "{name} $*" >> "{calls}"\nexit 1\n')
+        stub.chmod(0o755)
+
+
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory) -> Path:
-    """Run scripts/build_book.sh once per test run; returns _build/html.
+    """`jupyter-book build . --all -W -n --keep-going` into a fresh folder; returns the HTML.
 
     With pytest-xdist every worker asks for this fixture: a file lock makes one worker
     build and the others reuse its result (keyed by the test run's id).
     """
-    if not BUILD_SCRIPT.exists():
-        pytest.fail(f"missing {BUILD_SCRIPT}")
-    env = dict(os.environ)
-    # Build with the jupyter-book of the Python environment that runs the tests.
-    jb = Path(sys.executable).with_name("jupyter-book")
-    if jb.exists():
-        env["JUPYTER_BOOK"] = str(jb)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-
     run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid-{os.getpid()}-{time.time()}"
-    (ROOT / "_build").mkdir(exist_ok=True)
-    lock_path = ROOT / "_build" / ".book-build.lock"
-    stamp_path = ROOT / "_build" / ".book-build.ok"
-    log_path = ROOT / "_build" / "book-build.log"
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / "book-build"
+    out.mkdir(exist_ok=True)
+    lock_path, stamp_path = out / ".lock", out / ".ok"
+    log_path, calls = out / "book-build.log", out / "node-calls.txt"
+    html = out / "_build" / "html"
 
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if stamp_path.exists() and stamp_path.read_text() == run_id:
-                return HTML_DIR
+                return html
+            shutil.rmtree(out / "_build", ignore_errors=True)
+            calls.unlink(missing_ok=True)
+            _node_stubs(out / "stubs", calls)
+            env = dict(os.environ)
+            env["PATH"] = os.pathsep.join(
+                [str(out / "stubs"), str(Path(sys.executable).parent), env.get("PATH", "")])
+            env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+            command = [_jupyter_book(), *BUILD_ARGS, "--path-output", str(out)]
             started = time.monotonic()
             with open(log_path, "w") as log:
                 try:
-                    proc = subprocess.run(
-                        ["bash", str(BUILD_SCRIPT)],
-                        cwd=ROOT,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        timeout=BUILD_TIMEOUT_S,
-                    )
+                    proc = subprocess.run(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=subprocess.STDOUT,
+                                          timeout=BUILD_TIMEOUT_S)
                     returncode = proc.returncode
                 except subprocess.TimeoutExpired:
                     returncode = "timeout"
             elapsed = time.monotonic() - started
             # Sphinx colours its messages even in a file; strip the ANSI codes.
             output = re.sub(r"\x1b\[[0-9;]*m", "", log_path.read_text(errors="replace"))
-            if returncode == 2 and "not found" in output and "build_book.sh:" in output:
-                _unavailable(output.strip().splitlines()[-1])
             if returncode != 0:
                 tail = "\n".join(output.splitlines()[-80:])
                 pytest.fail(
-                    f"`bash scripts/build_book.sh` failed (exit {returncode}, {elapsed:.0f} s); "
-                    f"full log in {log_path}; last lines:\n{tail}",
+                    f"`jupyter-book {' '.join(BUILD_ARGS)}` failed (exit {returncode}, "
+                    f"{elapsed:.0f} s); full log in {log_path}; last lines:\n{tail}",
                     pytrace=False,
                 )
+            if calls.exists():
+                pytest.fail(f"the book build called Node.js tools:\n{calls.read_text()}",
+                            pytrace=False)
             stamp_path.write_text(run_id)
-            return HTML_DIR
+            return html
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -179,13 +203,17 @@ def test_pages_load_no_remote_scripts(built_book):
                 remote.append(f"{page.relative_to(built_book)}: {url}")
     assert not remote, "pages load resources from other sites:\n" + "\n".join(remote)
 
-    vendor = built_book / "_static" / "vendor"
+    static = built_book / "_static"
     for needed in (
-        "mathjax/tex-mml-chtml.js",
-        "requirejs/require.js",
-        "html-manager/embed-amd.js",
+        "mathjax/tex-chtml.js",  # from the sphinx-mathjax-offline package
+        "mathjax/output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff",
+        "vendor/requirejs/require.js",  # committed in book/_static/vendor/
+        "vendor/html-manager/embed-amd.js",
     ):
-        assert (vendor / needed).is_file(), f"missing offline asset _static/vendor/{needed}"
+        assert (static / needed).is_file(), f"missing offline asset _static/{needed}"
+    math_page = (built_book / "book" / "03_algorithm_and_math.html").read_text(encoding="utf-8")
+    assert re.search(r'<script[^>]+src="\.\./_static/mathjax/tex-chtml\.js"', math_page), (
+        "the pages do not load the local MathJax")
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,6 +237,17 @@ const images = Array.from(article.querySelectorAll("img")).map((img) => ({
 const widgets = Array.from(document.querySelectorAll(".jupyter-widgets"))
   .filter((e) => e.getBoundingClientRect().height > 0).length;
 const here = location.origin + "/";
+// Chinese characters outside an element marked lang="zh" (shown as boxes without CJK fonts)
+const cjk = /[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]/;
+const unmarked = [];
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+while (walker.nextNode()) {
+  const node = walker.currentNode;
+  if (cjk.test(node.textContent) && !(node.parentElement && node.parentElement.closest('[lang^="zh"]'))
+      && !(node.parentElement && node.parentElement.closest("script, style"))) {
+    unmarked.push(node.textContent.trim().slice(0, 60));
+  }
+}
 const requests = performance.getEntriesByType("resource").map((e) => e.name)
   .filter((name) => !name.startsWith(here) && !name.startsWith("data:") && !name.startsWith("blob:"));
 return {
@@ -220,6 +259,9 @@ return {
   widgets: widgets,
   widgetState: !!document.querySelector('script[type="application/vnd.jupyter.widget-state+json"]'),
   requests: requests,
+  unmarkedChinese: unmarked,
+  links: Array.from(article.querySelectorAll("a[href]")).map((a) => a.getAttribute("href")).join(" "),
+  zhSpans: document.querySelectorAll('article [lang^="zh"]').length,
 };
 """
 
@@ -279,3 +321,63 @@ def test_chapter_has_a_figure(rendered_pages, page):
     info, _, _ = rendered_pages(page)
     figures = [img for img in info["images"] if img["complete"] and img["width"] > 0]
     assert figures or info["widgets"], f"{page}: no figure (loaded image) and no rendered widget"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_chinese_text_is_marked_and_optional(rendered_pages, page):
+    """Headings and text are English; Chinese appears only in lang="zh" elements."""
+    info, _, _ = rendered_pages(page)
+    assert not info["unmarkedChinese"], (
+        f"{page}: Chinese text outside lang=\"zh\" elements: {info['unmarkedChinese']}")
+
+
+def test_intro_identifies_the_source_article(rendered_pages):
+    """The intro names the article, its language, and maps its sections to the chapters."""
+    info, _, _ = rendered_pages("book/intro")
+    text = " ".join(info["text"].split())
+    assert "The source article" in text and "Chinese" in text
+    assert info["zhSpans"] >= 7, "the original headings should be in lang=\"zh\" spans"
+    for chapter in CHAPTERS:
+        assert f"{chapter.split('/')[-1]}.html" in info["links"], f"intro table lacks {chapter}"
+
+
+# The theme's "Toggle primary sidebar" buttons (Bootstrap moves `title` to
+# `data-bs-original-title` when it sets up the tooltips).
+_TOGGLE = ", ".join(f'button[{attr}="Toggle primary sidebar"]'
+                    for attr in ("title", "aria-label", "data-bs-original-title"))
+
+# Visible elements of the theme's chrome, before and after a click on the sidebar toggle.
+_CHROME_JS = r"""
+const visible = (e) => {
+  const r = e.getBoundingClientRect();
+  const s = getComputedStyle(e);
+  return r.width > 0 && r.height > 0 && s.visibility !== "hidden" && s.display !== "none";
+};
+const sidebar = document.querySelector("#pst-primary-sidebar, .bd-sidebar-primary");
+const r = sidebar ? sidebar.getBoundingClientRect() : null;
+return {
+  navbars: Array.from(document.querySelectorAll("header.bd-header")).filter(visible).length,
+  toggles: Array.from(document.querySelectorAll(arguments[0])).filter(visible).length,
+  sidebarShown: !!sidebar && visible(sidebar) && r.right > 10,
+};
+"""
+
+
+def test_one_header_and_the_sidebar_toggle_collapses_the_sidebar(browser, site_url):
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(1280, 1000)
+    helpers.open_page(browser, f"{site_url}book/02_concepts.html")
+    before = browser.execute_script(_CHROME_JS, _TOGGLE)
+    assert before["navbars"] == 0, "a second, full-width header (the theme's navbar) is shown"
+    assert before["toggles"] == 1, f"{before['toggles']} visible primary-sidebar toggles"
+    assert before["sidebarShown"], "the primary sidebar is not shown on a wide window"
+    buttons = [b for b in browser.find_elements(By.CSS_SELECTOR, _TOGGLE) if b.is_displayed()]
+    buttons[0].click()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        after = browser.execute_script(_CHROME_JS, _TOGGLE)
+        if not after["sidebarShown"]:
+            break
+        time.sleep(0.2)
+    assert not after["sidebarShown"], "clicking the visible toggle did not collapse the sidebar"
