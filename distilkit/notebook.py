@@ -1,5 +1,7 @@
 """Helpers the book's chapters share: one call at the top of a notebook fixes seeds, threads
-and the run size, so every executed output is reproducible."""
+and the run size, so every executed output is reproducible, and decides whether training
+shows progress bars (yes for a person at a notebook, no when the notebook is executed
+unattended to produce the book's stored outputs)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import torch
 
 from .train import resolve_device
 
-__all__ = ["NotebookSetup", "setup"]
+__all__ = ["NotebookSetup", "setup", "progress_wanted"]
+
+_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass
@@ -20,18 +24,44 @@ class NotebookSetup:
     seed: int
     device: torch.device
     full: bool  #: True when DISTILKIT_FULL=1: chapters train longer / larger (meant for a GPU)
+    progress: bool = True  #: pass as ``progress=`` to training calls: bars only for a person
 
     def scale(self, small, full):
         """``small`` for the CI-sized run, ``full`` when DISTILKIT_FULL=1."""
         return full if self.full else small
 
 
+def progress_wanted() -> bool:
+    """Whether progress bars should be shown in the current run.
+
+    ``DISTILKIT_PROGRESS=0`` / ``1`` decides when set.  Otherwise bars are shown, except in
+    a Jupyter kernel whose current cell was sent by a client that cannot answer ``input()``:
+    that is how the unattended executors (``jupyter execute``/nbclient, nbval, the book
+    build) run cells, while JupyterLab, Notebook, VS Code and Colab all accept input.  A
+    progress bar there would only store the executing machine's timings in the page.
+    """
+    env = os.environ.get("DISTILKIT_PROGRESS", "").strip().lower()
+    if env:
+        return env not in _FALSE
+    try:
+        from IPython import get_ipython
+    except ImportError:  # plain Python: tqdm draws text bars on stderr
+        return True
+    shell = get_ipython()
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:  # plain Python or terminal IPython
+        return True
+    # ipykernel records, for the request being executed, whether the client allows stdin.
+    return bool(getattr(kernel, "_allow_stdin", True))
+
+
 def setup(seed: int = 0, threads: int = 1) -> NotebookSetup:
     """Seed Python, NumPy and torch; use ``threads`` CPU threads (1 keeps results bitwise
     reproducible however many cores the machine has); pick the device. With the environment
     variable ``DISTILKIT_FULL=1`` chapters switch to their full-size runs on the best device;
-    otherwise they run on the CPU at CI size."""
-    full = os.environ.get("DISTILKIT_FULL", "0") not in ("", "0", "false", "False")
+    otherwise they run on the CPU at CI size. ``progress`` of the result says whether to draw
+    progress bars (see :func:`progress_wanted`)."""
+    full = os.environ.get("DISTILKIT_FULL", "0").strip().lower() not in ("",) + _FALSE
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -45,4 +75,4 @@ def setup(seed: int = 0, threads: int = 1) -> NotebookSetup:
                                     "axes.spines.right": False})
     except ImportError:  # matplotlib is only in the book extra
         pass
-    return NotebookSetup(seed=seed, device=device, full=full)
+    return NotebookSetup(seed=seed, device=device, full=full, progress=progress_wanted())

@@ -16,7 +16,14 @@ module checks the committed files themselves, for every ``book/*.ipynb``:
   ``display_data`` carries ``<Figure size ...>`` as its text/plain fallback next to the PNG:
   that one is not shown and is fine);
 * every ``# NBVAL_IGNORE_OUTPUT`` / ``# NBVAL_SKIP`` marker (or nbval tag) is followed by a
-  comment line saying why.
+  comment line saying why;
+* no noise in the static pages: no progress bars among the stored outputs (a tqdm widget or
+  text bar would show the executing machine's timings), no ``noqa`` pragmas in the code, and
+  no code line longer than 88 characters (the width of the page's code column).
+
+Further down: every notebook starts with the hidden install cell generated from ``_config.yml``
+(book/_ext/install_cell.py), and that cell, run in a fresh virtual environment outside the
+repository, makes ``distilkit`` importable.
 
 Skipped while ``book/`` has no notebook.
 """
@@ -24,8 +31,11 @@ Skipped while ``book/`` has no notebook.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +49,8 @@ SHOWS = re.compile(r"\bprint\(|\bdisplay\(|\bplt\.show\(|\bIPython\.display")
 FIGURE = re.compile(r"\bplt\.(subplots|figure|plot|imshow|bar|barh|hist|scatter)\(")
 WIDGET = "application/vnd.jupyter.widget-view+json"
 MARKERS = ("NBVAL_IGNORE_OUTPUT", "NBVAL_SKIP")
+PROGRESS_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+|\bit/s\]|s/it\]")
+MAX_CODE_LINE = 88
 MARKER_TAGS = {"nbval-ignore-output", "nbval-skip"}
 
 
@@ -134,6 +146,16 @@ def notebook_problems(path: Path) -> list:
                                    and part.endswith("text/plain"))
                 if LEAKED_REPR.search(text) and not figure_fallback:
                     problems.append(f"{where}: leaked repr {LEAKED_REPR.search(text).group()!r} in {part}")
+        for output in outputs:
+            text = " ".join(t for _, t in _text_outputs(output))
+            if PROGRESS_BAR.search(text):
+                problems.append(f"{where}: a progress bar is stored in the outputs")
+        if "noqa" in source:
+            problems.append(f"{where}: a noqa pragma in the shown code")
+        long_lines = [ln for ln in source.splitlines() if len(ln) > MAX_CODE_LINE]
+        if long_lines:
+            problems.append(f"{where}: {len(long_lines)} code line(s) longer than {MAX_CODE_LINE} "
+                            f"characters, e.g. {long_lines[0].strip()[:40]!r}")
         lines = source.splitlines()
         tags = set(cell.get("metadata", {}).get("tags", []))
         for i, line in enumerate(lines):
@@ -146,6 +168,12 @@ def notebook_problems(path: Path) -> list:
         if tags & MARKER_TAGS and not any(ln.strip().startswith("#") and
                                           not any(m in ln for m in MARKERS) for ln in lines[:3]):
             problems.append(f"{where}: tag {sorted(tags & MARKER_TAGS)} without a comment explaining why")
+    states = nb.get("metadata", {}).get("widgets", {}).get(
+        "application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    progress_models = [k for k, v in states.items() if v.get("model_name") == "FloatProgressModel"]
+    if progress_models:
+        problems.append(f"{len(progress_models)} progress-bar widget(s) (FloatProgressModel, "
+                        "tqdm) in the saved widget state")
     if counts and counts != list(range(1, len(counts) + 1)):
         problems.append(f"execution counts {counts} are not 1, 2, 3, ...: not one top-to-bottom run "
                         "in a fresh kernel")
@@ -182,7 +210,14 @@ def test_the_checker_catches_what_it_should(tmp_path):
         cell("print(object())", [stream("<object object at 0x7f1234567890>\n")], count=6),
         cell("import warnings\nprint('x')", [stream("Traceback (most recent call last):\n", "stderr")], count=7),
         cell("# NBVAL_IGNORE_OUTPUT\nprint(time.time())", [stream("1.0\n")], count=8),
+        cell("train(model)", [{"output_type": "display_data", "metadata": {}, "data": {
+            WIDGET: {"model_id": "abc", "version_major": 2, "version_minor": 0},
+            "text/plain": "student:  40%|####      | 200/500 [00:05<00:07, 40.1it/s]"}}], count=9),
+        cell("import distilkit.notebook  # noqa: F401", count=10),
+        cell("x = " + "1 + " * 30 + "1", count=11),
     ]}
+    bad["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {
+        "abc": {"model_name": "FloatProgressModel", "state": {}}}}}
     (tmp_path / "bad.ipynb").write_text(json.dumps(bad))
     found = "\n".join(notebook_problems(tmp_path / "bad.ipynb"))
     for expected in ("cell 1 ('print(x)'): prints or displays, but no output",
@@ -190,7 +225,10 @@ def test_the_checker_catches_what_it_should(tmp_path):
                      "leaked repr '<matplotlib.'", "memory address 0x7f00deadbeef",
                      "error output ZeroDivisionError", "memory address 0x7f1234567890",
                      "Traceback in stream stderr", "NBVAL_IGNORE_OUTPUT without a comment",
-                     "execution counts [1, 3, 4, 5, 6, 7, 8]", "draws a figure, but no image"):
+                     "execution counts [1, 3, 4, 5, 6, 7, 8, 9, 10, 11]",
+                     "draws a figure, but no image", "a progress bar is stored",
+                     "a noqa pragma", "longer than 88 characters",
+                     "progress-bar widget(s) (FloatProgressModel"):
         assert expected in found, f"{expected!r} not reported:\n{found}"
     good = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
         cell("import math\nx = 1", count=1),
@@ -210,3 +248,95 @@ def test_the_checker_catches_what_it_should(tmp_path):
         "committed without being executed: none of its 2 code cells has an execution count or an output"]
     (tmp_path / "broken.ipynb").write_text('{"cells": [')
     assert notebook_problems(tmp_path / "broken.ipynb")[0].startswith("not valid JSON")
+
+
+
+# ---------------------------------------------------------------------------------------
+# The install cell: launch buttons (Colab, Binder) open a notebook without the package
+# ---------------------------------------------------------------------------------------
+
+def _install_cell_module():
+    spec = importlib.util.spec_from_file_location("book_install_cell",
+                                                  BOOK / "_ext" / "install_cell.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason="book/ has no notebooks yet")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_starts_with_the_install_cell_of_the_configured_repository(path):
+    install_cell = _install_cell_module()
+    source = install_cell.repository_source()
+    assert source.startswith("git+http"), source
+    assert install_cell.check_notebook(path, source) == []
+    first = json.loads(path.read_text(encoding="utf-8"))["cells"][0]
+    assert "remove-cell" in first["metadata"]["tags"]  # hidden in the HTML book
+    assert f'"{source}"' in _text(first["source"])
+
+
+def test_install_cell_follows_the_repository_setting(tmp_path):
+    """Changing repository.url in a copy of _config.yml changes the cell; --check notices."""
+    install_cell = _install_cell_module()
+    config = tmp_path / "_config.yml"
+    config.write_text("repository:\n  url: https://example.org/someone/fork/\n  branch: dev\n")
+    source = install_cell.repository_source(config)
+    assert source == "git+https://example.org/someone/fork@dev"
+    notebook = tmp_path / "nb.ipynb"
+    notebook.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+                                    "cells": [{"cell_type": "markdown", "id": "a",
+                                               "metadata": {}, "source": "# Title"}]}))
+    assert install_cell.check_notebook(notebook, source)        # no install cell yet
+    assert install_cell.update_notebook(notebook, source)
+    assert install_cell.check_notebook(notebook, source) == []
+    assert not install_cell.update_notebook(notebook, source)  # idempotent
+    assert install_cell.check_notebook(notebook, "git+https://example.org/other@main")
+    config.write_text("repository:\n  url: not a url\n")
+    with pytest.raises(ValueError, match="repository.url"):
+        install_cell.repository_source(config)
+
+
+def test_install_cell_makes_distilkit_importable_in_a_fresh_environment(tmp_path, monkeypatch):
+    """As in Colab: a new virtual environment outside the repository, with torch (here the
+    CPU wheel that the project's own environment uses) and a kernel, but no distilkit.  The
+    notebook's first cell, pointed at this working tree with DISTILKIT_INSTALL_SOURCE,
+    installs the package; `import distilkit` then works in the same kernel."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    import torch
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    torch_version = torch.__version__.split("+")[0]
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                    f"torch=={torch_version}", "ipykernel"], check=True, timeout=1200)
+    kernels = tmp_path / "jupyter"
+    subprocess.run([str(python), "-m", "ipykernel", "install", "--prefix", str(kernels),
+                    "--name", "distilkit-fresh"], check=True, timeout=300,
+                   stdout=subprocess.DEVNULL)
+    monkeypatch.setenv("JUPYTER_PATH", str(kernels / "share" / "jupyter"))
+    monkeypatch.setenv("DISTILKIT_INSTALL_SOURCE", str(BOOK.parent))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+
+    first = json.loads(NOTEBOOKS[0].read_text(encoding="utf-8"))["cells"][0]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell('import importlib.util\n'
+                                  'print("before:", importlib.util.find_spec("distilkit"))'),
+        nbformat.v4.new_code_cell(_text(first["source"])),
+        nbformat.v4.new_code_cell("import sys\nimport distilkit\n"
+                                  "print('after:', distilkit.__file__)\nprint(sys.prefix)"),
+    ]
+    workdir = tmp_path / "elsewhere"       # not the repository: no local ./distilkit
+    workdir.mkdir()
+    client = nbclient.NotebookClient(nb, kernel_name="distilkit-fresh", timeout=1200,
+                                     resources={"metadata": {"path": str(workdir)}})
+    client.execute()
+    outputs = ["".join(o.get("text", "")) for c in nb.cells for o in c.outputs
+               if o.get("output_type") == "stream" and o.get("name") == "stdout"]
+    assert outputs[0].strip() == "before: None", outputs[0]
+    after, prefix = outputs[-1].splitlines()[-2:]
+    assert Path(prefix).resolve() == venv.resolve(), prefix
+    installed = Path(after.split(":", 1)[1].strip()).resolve()
+    assert venv.resolve() in installed.parents, f"distilkit imported from {installed}"
