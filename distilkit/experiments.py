@@ -46,6 +46,9 @@ def checkpoint_path(name: str) -> Path:
     return Path(str(resources.files("distilkit") / "checkpoints" / f"{name}.safetensors"))
 
 
+_MADE_BY_SCRIPTS = ("d2t-teacher",)  # what scripts/train_checkpoints.py makes
+
+
 def shipped_checkpoints() -> List[str]:
     """Names of the checkpoints shipped in ``distilkit/checkpoints`` (e.g. ``["d2t-teacher"]``),
     which :func:`load_teacher` and the command line (``--model d2t-teacher``) accept."""
@@ -55,10 +58,15 @@ def shipped_checkpoints() -> List[str]:
 
 def load_teacher(name: str = "d2t-teacher", path: Optional[Union[str, Path]] = None,
                  device: Union[str, torch.device] = "cpu"):
-    """Load a teacher checkpoint: ``(model, tokenizer, metadata)``.
+    """Load a teacher checkpoint: ``(model, tokenizer, metadata)``, the shipped one called
+    ``name`` (see :func:`shipped_checkpoints`) or the file at ``path``.
 
-    Raises ``FileNotFoundError`` with the command that makes it when it is missing.
+    Raises ``FileNotFoundError`` naming the shipped checkpoints for an unknown ``name``, and
+    with the command that makes it when a shipped checkpoint is missing.
     """
+    if not path and name not in shipped_checkpoints() and name not in _MADE_BY_SCRIPTS:
+        raise FileNotFoundError(f"no shipped checkpoint named {name!r}; shipped: "
+                                f"{', '.join(shipped_checkpoints()) or 'none'} (or pass path=...)")
     path = Path(path) if path else checkpoint_path(name)
     if not path.is_file():
         raise FileNotFoundError(

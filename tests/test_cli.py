@@ -307,6 +307,13 @@ def test_unknown_checkpoint_name_lists_the_shipped_ones(capsys, tmp_path):
     assert dk.experiments.shipped_checkpoints() == ["d2t-teacher"]
 
 
+def test_load_teacher_by_unknown_name_lists_the_shipped_ones():
+    with pytest.raises(FileNotFoundError, match="no shipped checkpoint named 'd2t-teachr'; shipped: d2t-teacher"):
+        dk.experiments.load_teacher("d2t-teachr")
+    model, tok, _ = dk.experiments.load_teacher("d2t-teacher")
+    assert model.kind == "seq2seq" and len(tok) > 4
+
+
 def test_a_folder_is_not_a_checkpoint(capsys, tmp_path):
     assert main(["generate", "--model", str(tmp_path), "--mr", "name : the eagle"]) == 2
     assert "is a folder" in capsys.readouterr().err
