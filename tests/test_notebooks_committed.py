@@ -340,3 +340,31 @@ def test_install_cell_makes_distilkit_importable_in_a_fresh_environment(tmp_path
     assert Path(prefix).resolve() == venv.resolve(), prefix
     installed = Path(after.split(":", 1)[1].strip()).resolve()
     assert venv.resolve() in installed.parents, f"distilkit imported from {installed}"
+
+
+def test_progress_bars_only_for_a_person_at_a_notebook(monkeypatch):
+    """dk.notebook.setup().progress: on for JupyterLab/Colab-like clients (they allow stdin),
+    off for unattended executors (nbclient and nbval send allow_stdin=False); the variable
+    DISTILKIT_PROGRESS decides when it is set."""
+    import types
+
+    import IPython
+
+    from distilkit import notebook
+
+    def shell(allow_stdin):
+        return types.SimpleNamespace(kernel=types.SimpleNamespace(_allow_stdin=allow_stdin))
+
+    monkeypatch.delenv("DISTILKIT_PROGRESS", raising=False)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell(True))
+    assert notebook.progress_wanted() is True
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell(False))
+    assert notebook.progress_wanted() is False
+    assert notebook.setup(seed=0).progress is False
+    monkeypatch.setenv("DISTILKIT_PROGRESS", "1")
+    assert notebook.progress_wanted() is True
+    monkeypatch.setenv("DISTILKIT_PROGRESS", "0")
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)  # plain Python
+    assert notebook.progress_wanted() is False
+    monkeypatch.delenv("DISTILKIT_PROGRESS")
+    assert notebook.progress_wanted() is True
