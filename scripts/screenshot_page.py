@@ -174,23 +174,25 @@ def open_page(driver, url: str, timeout_s: float = 45.0) -> str:
 
 
 def full_page_screenshot(driver, out: Path, width: int = 1280, max_height: int = 20000) -> None:
-    """Save a PNG of the whole page (not just the window) to `out`."""
+    """Save a PNG of the whole page (not just the window) to `out`.
+
+    The window is made as tall as the page for the capture, then restored.  (Capturing
+    beyond the viewport with Chromium's DevTools calls instead breaks the theme's layout:
+    the sidebar and the left edge of the text disappear from the picture.)
+    """
+    before = driver.get_window_size()
+    inner = driver.execute_script("return window.innerHeight;")
+    chrome = max(0, before["height"] - inner)  # the window's own bars, if any
     height = driver.execute_script(
         "return Math.max(document.documentElement.scrollHeight, document.body.scrollHeight);"
     )
     height = int(min(max(height, 200), max_height))
-    driver.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-    )
-    time.sleep(0.5)  # relayout
-    shot = driver.execute_cdp_cmd(
-        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}
-    )
-    import base64
-
-    out.write_bytes(base64.b64decode(shot["data"]))
-    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    try:
+        driver.set_window_size(width, height + chrome)
+        time.sleep(0.5)  # relayout
+        out.write_bytes(driver.get_screenshot_as_png())
+    finally:
+        driver.set_window_size(before["width"], before["height"])
 
 
 def _page_relative_path(page: str) -> str:
