@@ -125,10 +125,15 @@ class Seq2SeqLSTM(nn.Module):
             raise ValueError(f"src must not be empty, got shape {tuple(src.shape)}")
         _check_token_ids(src, c.vocab_size, "src token ids")
         emb = self.drop(self.src_embed(src))
-        lengths = src_lengths.detach().cpu().clamp(min=1)
-        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        # sort by length on the host: torch's enforce_sorted=False path copies the order to the
+        # device and reads it back, two waits for the device per call
+        lengths, order = torch.sort(src_lengths.detach().cpu().clamp(min=1), descending=True)
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
+        order, inverse = order.to(src.device, non_blocking=True), inverse.to(src.device, non_blocking=True)
+        packed = pack_padded_sequence(emb.index_select(0, order), lengths, batch_first=True)
         out, (h, _) = self.encoder(packed)
         memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])
+        memory, h = memory.index_select(0, inverse), h.index_select(1, inverse)
         final = torch.cat([h[-2], h[-1]], dim=-1)  # last layer, both directions: (batch, hidden)
         b = src.shape[0]
         h0 = torch.tanh(self.bridge_h(final)).view(b, c.decoder_layers, c.hidden_dim).transpose(0, 1)

@@ -450,3 +450,25 @@ def test_make_model_overrides_and_count_parameters():
 def test_bad_model_configs(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_encoder_sorts_on_the_host_and_matches_torchs_own_packing():
+    """The encoder sorts the batch by length itself (so that nothing is read back from the
+    device); its memory and final state equal those of torch's enforce_sorted=False path."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    m = Seq2SeqLSTM(Seq2SeqConfig(vocab_size=V, embed_dim=16, hidden_dim=16, encoder_layers=2)).eval()
+    rng = random.Random(0)
+    batch = collate_seq2seq([([rng.randrange(4, V) for _ in range(rng.randint(1, 7))], [4, 2])
+                             for _ in range(9)])
+    assert len(set(batch.src_lengths.tolist())) > 3  # unsorted, uneven lengths
+    with torch.no_grad():
+        memory, mask, (h0, _) = m.encode(batch.src, batch.src_lengths)
+        packed = pack_padded_sequence(m.src_embed(batch.src), batch.src_lengths, batch_first=True,
+                                      enforce_sorted=False)
+        out, (h, _) = m.encoder(packed)
+        ref, _ = pad_packed_sequence(out, batch_first=True, total_length=batch.src.shape[1])
+        ref_h0 = torch.tanh(m.bridge_h(torch.cat([h[-2], h[-1]], -1))).view(9, 1, 16).transpose(0, 1)
+    assert torch.equal(memory, ref) and torch.equal(h0, ref_h0)
+    assert torch.equal(mask.sum(1), batch.src_lengths)
