@@ -476,10 +476,13 @@ class Seq2SeqBatch:
     labels: torch.Tensor
     teacher_logits: Optional[torch.Tensor] = None  # (batch, tgt_len, vocab) when cached
 
-    def to(self, device) -> "Seq2SeqBatch":
-        tl = None if self.teacher_logits is None else self.teacher_logits.to(device)
-        return Seq2SeqBatch(self.src.to(device), self.src_lengths, self.decoder_input.to(device),
-                            self.labels.to(device), tl)
+    def to(self, device, non_blocking: bool = False) -> "Seq2SeqBatch":
+        """The batch on ``device``; ``src_lengths`` stays in host memory (packing reads it)."""
+        nb = non_blocking
+        tl = None if self.teacher_logits is None else self.teacher_logits.to(device, non_blocking=nb)
+        return Seq2SeqBatch(self.src.to(device, non_blocking=nb), self.src_lengths,
+                            self.decoder_input.to(device, non_blocking=nb),
+                            self.labels.to(device, non_blocking=nb), tl)
 
     def __len__(self) -> int:
         return self.src.shape[0]
@@ -494,9 +497,10 @@ class LMBatch:
     labels: torch.Tensor
     teacher_logits: Optional[torch.Tensor] = None  # (batch, seq, vocab) when cached
 
-    def to(self, device) -> "LMBatch":
-        tl = None if self.teacher_logits is None else self.teacher_logits.to(device)
-        return LMBatch(self.input_ids.to(device), self.labels.to(device), tl)
+    def to(self, device, non_blocking: bool = False) -> "LMBatch":
+        nb = non_blocking
+        tl = None if self.teacher_logits is None else self.teacher_logits.to(device, non_blocking=nb)
+        return LMBatch(self.input_ids.to(device, non_blocking=nb), self.labels.to(device, non_blocking=nb), tl)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
