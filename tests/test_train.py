@@ -597,3 +597,23 @@ def test_a_nan_loss_still_raises_under_the_scaler(cpu_scaler):
     model = NaNModel(Seq2SeqConfig(vocab_size=V, embed_dim=16, hidden_dim=16))
     with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
         train(model, make_pairs(8, 0), config=cfg(steps=2))
+
+
+def test_batches_bound_for_an_accelerator_are_checked_on_the_host():
+    """The models do not read their ids back on an accelerator; the loop checks the host copy
+    before the transfer (here to the ``meta`` device, which holds no values at all)."""
+    import sys
+
+    loop = sys.modules["distilkit.train"]
+    meta = torch.device("meta")
+    good = collate_lm(make_windows(4, seed=0))
+    moved = loop._to_device(good, meta, V)
+    assert moved.input_ids.device.type == "meta" and moved.labels.device.type == "meta"
+    bad = collate_lm([[1, 2, V + 3, 4]])
+    with pytest.raises(ValueError, match=r"batch\.input_ids token ids must lie in \[0, 13\), got 16"):
+        loop._to_device(bad, meta, V)
+    s2s_batch = collate_seq2seq([([4, 5], [6, 2]), ([4, 99], [6, 2])])
+    with pytest.raises(ValueError, match=r"batch\.src token ids .* got 99"):
+        loop._to_device(s2s_batch, meta, V)
+    moved = loop._to_device(collate_seq2seq(make_pairs(3, 0)), meta, V)
+    assert moved.src.device.type == "meta" and moved.src_lengths.device.type == "cpu"
