@@ -45,9 +45,8 @@ __all__ = [
 #: Names accepted by ``divergence=``.
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl")
 
-#: Elements of one (rows x vocab) float32 work tensor: 2**22 is 16 MiB. The divergence code works
-#: through its inputs this many elements at a time, and the chunked loss picks its default chunk
-#: from it (see ``benchmarks/loss_memory.py`` for the measurements behind the figure).
+#: Elements of one (rows x vocab) float32 work tensor of the divergence code, which works through
+#: its inputs this many elements at a time: 2**22 is 16 MiB.
 BLOCK_ELEMENTS = 2**22
 
 
@@ -361,9 +360,8 @@ def divergence_from_log_probs(
     computed in closed form from the same code as the values (no host synchronisation).
     """
     beta = _check_divergence(divergence, beta)
-    if teacher_log_probs.shape != student_log_probs.shape:
-        raise ValueError(f"teacher_log_probs shape {tuple(teacher_log_probs.shape)} and "
-                         f"student_log_probs shape {tuple(student_log_probs.shape)} must match")
+    if teacher_log_probs.shape != student_log_probs.shape:  # broadcast, as elementwise math would
+        teacher_log_probs, student_log_probs = torch.broadcast_tensors(teacher_log_probs, student_log_probs)
     return _token_losses(teacher_log_probs, student_log_probs, divergence=divergence, beta=beta)[0]
 
 

@@ -377,3 +377,15 @@ def test_value_checks_are_skipped_only_on_request():
         distillation_loss(t, t, bad_labels)
     assert torch.isnan(distillation_loss(s, t, check_values=False))  # garbage in, no check
     assert torch.isfinite(distillation_loss(t, t, torch.tensor([1, 4]), check_values=False))
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_closed_form_divergence_gradients_reach_both_inputs_exactly(divergence):
+    """The per-token block gives values and derivatives from one piece of code; gradcheck both
+    derivatives (teacher and student log-probabilities, broadcast teacher) in float64."""
+    g = torch.Generator().manual_seed(14)
+    log_p = torch.log_softmax(torch.randn(6, generator=g, dtype=F64), -1).requires_grad_()
+    log_q = torch.log_softmax(torch.randn(4, 6, generator=g, dtype=F64), -1).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: dk.divergence_from_log_probs(a, b, divergence, 0.3), (log_p, log_q),
+        eps=1e-6, atol=1e-8, rtol=1e-6)
