@@ -687,9 +687,11 @@ def train(
             if scaler is not None:
                 scaler.update()
             history.lr.append(scheduler.get_last_lr()[0])
-            with warnings.catch_warnings():
-                if skipped:  # the schedule follows the step count, applied or not
+            if skipped:  # the schedule follows the step count, applied or not
+                with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                    scheduler.step()
+            else:
                 scheduler.step()
             history.step.append(step + 1)
             history.train_loss.append(step_loss)
