@@ -337,7 +337,8 @@ def test_intro_identifies_the_source_article(rendered_pages):
     text = " ".join(info["text"].split())
     assert "The source article" in text and "Chinese" in text
     assert info["zhSpans"] >= 7, "the original headings should be in lang=\"zh\" spans"
-    for chapter in CHAPTERS:
+    # chapters 1-6 follow the article's six sections (later chapters go beyond it)
+    for chapter in [c for c in CHAPTERS if re.match(r"book/0[1-6]_", c)]:
         assert f"{chapter.split('/')[-1]}.html" in info["links"], f"intro table lacks {chapter}"
 
 
