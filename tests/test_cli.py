@@ -27,7 +27,7 @@ from distilkit.cli import main  # noqa: E402
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def run_cli(*args, cwd=None, timeout=120):
+def run_cli(*args, cwd=None, timeout=600):  # generous: a loaded shared machine is slow
     return subprocess.run([sys.executable, "-m", "distilkit", *args], cwd=cwd, env=ENV, capture_output=True,
                           text=True, timeout=timeout)
 
