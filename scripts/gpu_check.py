@@ -20,6 +20,7 @@ Prints a summary; exit status 0 only if every check passed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import random
@@ -94,7 +95,7 @@ def targets(kind, kd, device):
 
 # ---------------------------------------------------------------------------- 1. training steps
 def check_training(device):
-    loop = sys.modules["distilkit.train"]
+    loop = importlib.import_module("distilkit.train")
     rows = []
     for kind in ("lm", "seq2seq"):
         for dtype in ("bfloat16", "float16"):
