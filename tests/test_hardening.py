@@ -64,7 +64,8 @@ def test_cli_error_in_a_real_process(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
-    assert p.stderr.strip() == "distilkit generate: error: checkpoint not found: missing.safetensors"
+    assert p.stderr.strip() == ("distilkit generate: error: --model missing.safetensors: no such file, "
+                                "and no shipped checkpoint of that name (shipped: d2t-teacher)")
 
 
 def test_the_table_covers_the_brief():
