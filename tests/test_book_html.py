@@ -14,6 +14,7 @@ browser, offline.
    * every chapter has at least one figure (a loaded image) or a rendered widget,
    * the widgets stored in the notebook render from their saved state,
    * no image is broken, the console shows no error, and no request leaves 127.0.0.1,
+   * no code cell is wider than the text column (no horizontal scroll bar at 1280 px),
    * Chinese text appears only inside elements marked `lang="zh"` (the intro's table of
      the source article's sections), so every heading is legible without CJK fonts,
    * one header: the theme's full-width navbar is not shown, and exactly one "Toggle
@@ -260,6 +261,9 @@ return {
   widgetState: !!document.querySelector('script[type="application/vnd.jupyter.widget-state+json"]'),
   requests: requests,
   unmarkedChinese: unmarked,
+  wideCode: Array.from(document.querySelectorAll("div.cell_input pre"))
+    .filter((p) => p.clientWidth > 0 && p.scrollWidth > p.clientWidth + 1)
+    .map((p) => p.textContent.trim().slice(0, 60)),
   links: Array.from(article.querySelectorAll("a[href]")).map((a) => a.getAttribute("href")).join(" "),
   zhSpans: document.querySelectorAll('article [lang^="zh"]').length,
 };
@@ -329,6 +333,13 @@ def test_chinese_text_is_marked_and_optional(rendered_pages, page):
     info, _, _ = rendered_pages(page)
     assert not info["unmarkedChinese"], (
         f"{page}: Chinese text outside lang=\"zh\" elements: {info['unmarkedChinese']}")
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_code_cells_fit_the_column(rendered_pages, page):
+    """In a 1280-pixel window no code cell needs a horizontal scroll bar."""
+    info, _, _ = rendered_pages(page)
+    assert not info["wideCode"], f"{page}: code cells wider than the column: {info['wideCode']}"
 
 
 def test_intro_identifies_the_source_article(rendered_pages):
