@@ -1,0 +1,176 @@
+"""The user's own data: a text file (language modelling) or JSONL pairs (sequence to sequence).
+
+* a **text file** (any suffix but ``.jsonl``): UTF-8 text, cut into windows of
+  ``block_size + 1`` tokens for a causal LM;
+* a **JSONL file** (``.jsonl``): one JSON object per line, ``{"input": str, "output": str}``,
+  for an encoder-decoder model.
+
+Nothing is dropped silently: a line that is not valid JSON, not an object, lacks a key, has an
+unknown key, a non-string or empty value, or is blank raises :class:`DataFormatError` naming the
+file, the line number and what was wrong. Text that is not UTF-8 is refused with the line of
+the first bad byte.
+
+Tokenizers: a distilkit tokenizer (``encode(text, add_eos=...)``) or a Hugging Face tokenizer
+(``tok(text)["input_ids"]``, special tokens as the tokenizer adds them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "DataFormatError",
+    "data_format",
+    "read_text_file",
+    "read_jsonl_pairs",
+    "encode_text",
+    "encode_lm_text",
+    "encode_text_pairs",
+    "load_user_examples",
+]
+
+KEYS = ("input", "output")
+
+
+class DataFormatError(ValueError):
+    """A data file the user pointed at is malformed; ``path`` and ``line`` (1-based) say where."""
+
+    def __init__(self, path: Union[str, Path], line: Optional[int], message: str):
+        self.path, self.line = Path(path), line
+        where = f"{path}, line {line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+def data_format(path: Union[str, Path]) -> str:
+    """``"jsonl"`` for a ``.jsonl`` file (seq2seq pairs), else ``"text"`` (language modelling)."""
+    return "jsonl" if Path(path).suffix.lower() == ".jsonl" else "text"
+
+
+def _read_lines(path: Union[str, Path]) -> List[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"data file not found: {p}")
+    raw = p.read_bytes()
+    lines = raw.split(b"\n")
+    out = []
+    for n, line in enumerate(lines, start=1):
+        try:
+            out.append(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataFormatError(p, n, f"is not UTF-8 text (byte {line[exc.start]:#04x} at "
+                                  f"column {exc.start + 1})") from None
+    if out and out[-1] == "":  # the newline that ends the last line
+        out.pop()
+    return out
+
+
+def read_text_file(path: Union[str, Path]) -> str:
+    """The whole UTF-8 text of ``path``; an empty or whitespace-only file is refused."""
+    text = "\n".join(_read_lines(path))
+    if not text.strip():
+        raise DataFormatError(path, None, "the text file is empty: there is nothing to train on")
+    return text
+
+
+def read_jsonl_pairs(path: Union[str, Path]) -> List[Tuple[str, str]]:
+    """``[(input, output), ...]`` from a JSONL file of ``{"input": str, "output": str}`` objects."""
+    pairs = []
+    for n, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            raise DataFormatError(path, n, 'is blank; every line must be one {"input": ..., '
+                                  '"output": ...} object (remove blank lines)')
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(path, n, f"is not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, n, f'must be a JSON object {{"input": ..., "output": ...}}, '
+                                  f"got a JSON {type(obj).__name__}")
+        missing = [k for k in KEYS if k not in obj]
+        if missing:
+            raise DataFormatError(path, n, f"lacks the key {', '.join(repr(k) for k in missing)} "
+                                  f"(keys found: {sorted(obj)})")
+        extra = sorted(k for k in obj if k not in KEYS)
+        if extra:
+            raise DataFormatError(path, n, f"has unknown key(s) {extra}; only 'input' and 'output' "
+                                  "are read, so nothing else may be in the line")
+        for k in KEYS:
+            if not isinstance(obj[k], str):
+                raise DataFormatError(path, n, f"{k!r} must be a string, got {type(obj[k]).__name__}")
+            if not obj[k].strip():
+                raise DataFormatError(path, n, f"{k!r} is empty")
+        pairs.append((obj["input"], obj["output"]))
+    if not pairs:
+        raise DataFormatError(path, None, "the JSONL file has no lines: there is nothing to train on")
+    return pairs
+
+
+# ============================================================================ encoding
+def _is_distilkit_tokenizer(tok: Any) -> bool:
+    from .data import _Tokenizer
+
+    return isinstance(tok, _Tokenizer)
+
+
+def encode_text(tokenizer: Any, text: str, add_eos: bool = False) -> List[int]:
+    """Token ids of ``text``. distilkit tokenizers append ``<eos>`` when ``add_eos``; Hugging
+    Face tokenizers add their own special tokens (T5/BART end with ``</s>``, GPT-2 adds none),
+    and ``add_eos`` appends ``eos_token_id`` only where the tokenizer did not already."""
+    if _is_distilkit_tokenizer(tokenizer):
+        return tokenizer.encode(text, add_eos=add_eos)
+    ids = list(tokenizer(text)["input_ids"])
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if add_eos and eos is not None and (not ids or ids[-1] != eos):
+        ids.append(eos)
+    return ids
+
+
+def encode_lm_text(text: str, tokenizer: Any, block_size: int = 128,
+                   stride: Optional[int] = None) -> List[List[int]]:
+    """Windows of ``block_size + 1`` token ids over ``text`` (see :func:`distilkit.data.lm_examples`)."""
+    from .data import lm_examples
+
+    if _is_distilkit_tokenizer(tokenizer):
+        ids = tokenizer.encode(text)
+    else:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return lm_examples(ids, block_size, stride)
+
+
+def encode_text_pairs(pairs: Sequence[Tuple[str, str]], tokenizer: Any,
+                      path: Union[str, Path] = "<pairs>") -> List[Tuple[List[int], List[int]]]:
+    """``(source_ids, target_ids)`` per pair; the target ends in the end-of-sequence token.
+    A side that encodes to no token is an error naming its line."""
+    out = []
+    for n, (src, tgt) in enumerate(pairs, start=1):
+        s = encode_text(tokenizer, src)
+        t = encode_text(tokenizer, tgt, add_eos=True)
+        if not s:
+            raise DataFormatError(path, n, "'input' encodes to no token with this tokenizer")
+        if not t:
+            raise DataFormatError(path, n, "'output' encodes to no token with this tokenizer")
+        out.append((s, t))
+    return out
+
+
+def load_user_examples(path: Union[str, Path], tokenizer: Any, kind: str,
+                       block_size: int = 128) -> List:
+    """Read and encode ``path`` for a model of ``kind`` (``"lm"`` or ``"seq2seq"``).
+
+    A text file feeds a causal LM (windows of ``block_size + 1`` ids); a ``.jsonl`` file feeds
+    a seq2seq model (``(source_ids, target_ids)`` pairs). The wrong pairing is refused.
+    """
+    fmt = data_format(path)
+    if kind not in ("lm", "seq2seq"):
+        raise ValueError(f"kind must be 'lm' or 'seq2seq', got {kind!r}")
+    if fmt == "jsonl" and kind != "seq2seq":
+        raise ValueError(f"data file {path} is JSONL (input/output pairs), which needs a seq2seq "
+                         f"model; this model is a {kind!r} model: give it a text file")
+    if fmt == "text" and kind != "lm":
+        raise ValueError(f"data file {path} is plain text, which feeds a language model; this "
+                         f"model is a {kind!r} model: give it a .jsonl file of input/output pairs")
+    if fmt == "jsonl":
+        return encode_text_pairs(read_jsonl_pairs(path), tokenizer, path)
+    return encode_lm_text(read_text_file(path), tokenizer, block_size)
