@@ -87,6 +87,7 @@ def test_write_read_round_trip_lm(tmp_path):
     assert m["temperature"] == 2.0 and m["num_examples"] == 13 and m["num_tokens"] == n_tokens
     assert m["examples_sha256"] == hash_examples(ex) and len(m["shards"]) == 3
     again = load_teacher_cache(tmp_path / "c")
+    assert cache.manifest == again.manifest
     assert len(again) == 13 and again.top_k == 5 and again.num_tokens == n_tokens
     # rows equal the teacher's own top-k log-probabilities, example by example
     a = adapt(teacher)
