@@ -468,13 +468,20 @@ def lm_examples(ids: Sequence[int], block_size: int, stride: Optional[int] = Non
 class Seq2SeqBatch:
     """src: (batch, src_len) ids, right-padded; src_lengths: (batch,);
     decoder_input: (batch, tgt_len) = <bos> + target[:-1]; labels: (batch, tgt_len) with
-    ``IGNORE_INDEX`` at padding."""
+    ``IGNORE_INDEX`` at padding; attention_mask: (batch, src_len), 1 at real source tokens
+    (derived from ``src_lengths`` when not given)."""
 
     src: torch.Tensor
     src_lengths: torch.Tensor
     decoder_input: torch.Tensor
     labels: torch.Tensor
     teacher_logits: Optional[torch.Tensor] = None  # (batch, tgt_len, vocab) when cached
+    attention_mask: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.attention_mask is None:
+            positions = torch.arange(self.src.shape[1], device=self.src.device)
+            self.attention_mask = (positions[None, :] < self.src_lengths.to(self.src.device)[:, None]).long()
 
     def to(self, device, non_blocking: bool = False) -> "Seq2SeqBatch":
         """The batch on ``device``; ``src_lengths`` stays in host memory (packing reads it)."""
@@ -482,7 +489,8 @@ class Seq2SeqBatch:
         tl = None if self.teacher_logits is None else self.teacher_logits.to(device, non_blocking=nb)
         return Seq2SeqBatch(self.src.to(device, non_blocking=nb), self.src_lengths,
                             self.decoder_input.to(device, non_blocking=nb),
-                            self.labels.to(device, non_blocking=nb), tl)
+                            self.labels.to(device, non_blocking=nb), tl,
+                            self.attention_mask.to(device, non_blocking=nb))
 
     def __len__(self) -> int:
         return self.src.shape[0]
@@ -491,16 +499,19 @@ class Seq2SeqBatch:
 @dataclass
 class LMBatch:
     """input_ids: (batch, seq); labels: (batch, seq), the inputs shifted by one, padding =
-    ``IGNORE_INDEX``."""
+    ``IGNORE_INDEX``; attention_mask: (batch, seq), 1 at real input tokens (``None``: all real)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     teacher_logits: Optional[torch.Tensor] = None  # (batch, seq, vocab) when cached
+    attention_mask: Optional[torch.Tensor] = None
 
     def to(self, device, non_blocking: bool = False) -> "LMBatch":
         nb = non_blocking
         tl = None if self.teacher_logits is None else self.teacher_logits.to(device, non_blocking=nb)
-        return LMBatch(self.input_ids.to(device, non_blocking=nb), self.labels.to(device, non_blocking=nb), tl)
+        mask = None if self.attention_mask is None else self.attention_mask.to(device, non_blocking=nb)
+        return LMBatch(self.input_ids.to(device, non_blocking=nb), self.labels.to(device, non_blocking=nb), tl,
+                       mask)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -563,7 +574,8 @@ def collate_lm(examples: Sequence, pad_id: int = 0) -> LMBatch:
             raise ValueError(f"examples[{i}] needs at least 2 tokens (an input and a target)")
     inputs = _pad([list(e[:-1]) for e in windows], pad_id)
     labels = _pad([list(e[1:]) for e in windows], IGNORE_INDEX)
-    return LMBatch(inputs, labels, _pad_logits(cached, labels.shape[1]) if cached else None)
+    mask = _pad([[1] * (len(e) - 1) for e in windows], 0)
+    return LMBatch(inputs, labels, _pad_logits(cached, labels.shape[1]) if cached else None, mask)
 
 
 class BatchIterator:

@@ -1,0 +1,362 @@
+"""One seam for model kinds: :func:`adapt` turns a model into a :class:`ModelAdapter`.
+
+The training loop, the decoders, the metrics, the checkpoints and the command line speak only
+this protocol, so a new model family is one adapter, not edits across modules::
+
+    adapter = adapt(model)              # distilkit model, Hugging Face model, or an adapter
+    batch = adapter.collate(examples)   # token-id lists of any length -> padded batch
+    logits = adapter.logits(batch)      # (batch, seq, vocab), aligned with batch.labels
+    logits, state = adapter.start(inputs)          # decoding: first next-token logits
+    logits, state = adapter.step(state, tokens)    # one token per row
+
+Two kinds of batches flow through it (both from :mod:`distilkit.data`):
+
+* ``"lm"`` (decoder-only): examples are token-id sequences ``x`` of any lengths >= 2; the
+  causal shift happens once, in ``collate``: ``input_ids = x[:-1]``, ``labels = x[1:]``, so
+  ``logits[:, t]`` scores ``labels[:, t]``. -> :class:`~distilkit.data.LMBatch`.
+* ``"seq2seq"`` (encoder-decoder): examples are ``(source_ids, target_ids)`` pairs, the target
+  ending in ``<eos>``; ``decoder_input = <decoder start> + target[:-1]``, ``labels = target``.
+  -> :class:`~distilkit.data.Seq2SeqBatch`.
+
+Padding is on the right; labels hold ``IGNORE_INDEX`` (-100) at padding, so no loss term
+sees it, and ``attention_mask`` marks the real input tokens. Sequences may be lists of ints
+or 1-D integer tensors. An example may carry a teacher payload after its token ids (cached
+teacher logits, ``(tokens, vocab)``: ``(ids, logits)`` for "lm", ``(src, tgt, logits)`` for
+"seq2seq"); it passes through to ``batch.teacher_logits``.
+
+:func:`adapt` is the only function in the package that looks at a model's type.
+``transformers`` is imported only when a Hugging Face model is adapted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .data import IGNORE_INDEX, LMBatch, Seq2SeqBatch, collate_lm, collate_seq2seq
+
+__all__ = ["Batch", "ModelAdapter", "DistilkitLMAdapter", "DistilkitSeq2SeqAdapter", "CollateAdapter",
+           "adapt", "token_ids"]
+
+#: The batch types the adapters produce.
+Batch = Union[LMBatch, Seq2SeqBatch]
+
+KINDS = ("lm", "seq2seq")
+
+
+# ============================================================================ examples
+def token_ids(seq: Any, name: str) -> List[int]:
+    """``seq`` (a list/tuple of ints or a 1-D integer tensor) as a list of ints; ``name`` is
+    used in the error message (e.g. ``"examples[3]"``)."""
+    if isinstance(seq, torch.Tensor):
+        if seq.dim() != 1 or seq.is_floating_point() or seq.is_complex() or seq.dtype == torch.bool:
+            raise TypeError(f"{name} must be a 1-D integer tensor of token ids, got a "
+                            f"{seq.dim()}-D {seq.dtype} tensor")
+        return seq.tolist()
+    if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
+        raise TypeError(f"{name} must be a list of int token ids or a 1-D integer tensor, "
+                        f"got {type(seq).__name__}")
+    out = []
+    for t in seq:
+        if isinstance(t, torch.Tensor) and t.dim() == 0 and not t.is_floating_point():
+            t = int(t)
+        if isinstance(t, bool) or not (isinstance(t, int) or hasattr(t, "__index__")):
+            raise TypeError(f"{name} must hold int token ids, found {t!r}")
+        out.append(t if isinstance(t, int) else t.__index__())
+    return out
+
+
+def _is_payload(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() >= 1
+
+
+def lm_examples_as_ids(examples: Sequence) -> list:
+    """Normalise "lm" examples: each a token-id sequence or ``(sequence, payload)``."""
+    if isinstance(examples, (str, bytes)) or not isinstance(examples, Sequence) or len(examples) == 0:
+        raise ValueError("examples must be a non-empty list of token-id sequences")
+    out = []
+    for i, ex in enumerate(examples):
+        if isinstance(ex, tuple) and len(ex) == 2 and _is_payload(ex[1]):
+            out.append((token_ids(ex[0], f"examples[{i}][0]"), ex[1]))
+        else:
+            ids = token_ids(ex, f"examples[{i}]")
+            if len(ids) < 2:
+                raise ValueError(f"examples[{i}] has {len(ids)} token(s); a language-model example needs "
+                                 "at least 2 (an input and the token it predicts)")
+            out.append(ids)
+    return out
+
+
+def seq2seq_examples_as_ids(examples: Sequence) -> list:
+    """Normalise "seq2seq" examples: ``(source, target)`` or ``(source, target, payload)``."""
+    if isinstance(examples, (str, bytes)) or not isinstance(examples, Sequence) or len(examples) == 0:
+        raise ValueError("examples must be a non-empty list of (source_ids, target_ids) pairs")
+    out = []
+    for i, ex in enumerate(examples):
+        if not (isinstance(ex, (tuple, list)) and (len(ex) == 2 or len(ex) == 3 and _is_payload(ex[2]))):
+            raise TypeError(f"examples[{i}] must be a (source_ids, target_ids) pair for an encoder-decoder "
+                            f"model, got {type(ex).__name__}")
+        pair = (token_ids(ex[0], f"examples[{i}][0] (source)"), token_ids(ex[1], f"examples[{i}][1] (target)"))
+        out.append(pair + tuple(ex[2:]))
+    return out
+
+
+def _check_ids(batch: Batch, vocab_size: int) -> None:
+    """Token ids must index the model's vocabulary; checked on the CPU batch (no device sync)."""
+    fields = [("input_ids", "examples")] if isinstance(batch, LMBatch) else \
+        [("src", "source ids"), ("decoder_input", "target ids")]
+    tensors = [(getattr(batch, f), what) for f, what in fields]
+    labels = batch.labels[batch.labels != IGNORE_INDEX]
+    tensors.append((labels, "target ids" if isinstance(batch, Seq2SeqBatch) else "examples"))
+    for t, what in tensors:
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= vocab_size):
+            bad = int(t.max()) if int(t.max()) >= vocab_size else int(t.min())
+            raise ValueError(f"{what} hold token id {bad}, outside the model's vocabulary [0, {vocab_size})")
+
+
+# ============================================================================ the protocol
+class ModelAdapter:
+    """What the package needs from a model family. Subclasses set the attributes and
+    implement the methods; :func:`adapt` picks the subclass.
+
+    Attributes:
+        model: the wrapped ``nn.Module`` (its parameters are what training updates).
+        forward_module: the module called for training logits; ``model`` itself, or a wrapper
+            around it such as ``DistributedDataParallel``.
+        kind: ``"lm"`` (decoder-only) or ``"seq2seq"`` (encoder-decoder).
+        vocab_size: width of the output layer (the logits' last dimension).
+        pad_id, bos_id, eos_id: padding id; first decoder input (``None`` for "lm"); end id.
+        max_len: the longest sequence the model can see, or ``None`` for no limit.
+        tokenizer: a tokenizer the model carries (``model.tokenizer``), else ``None``.
+    """
+
+    kind: str = ""
+    model: nn.Module
+    forward_module: nn.Module
+    vocab_size: int
+    pad_id: int = 0
+    bos_id: Optional[int] = None
+    eos_id: Optional[int] = None
+    max_len: Optional[int] = None
+    tokenizer: Optional[Any] = None
+
+    def __init__(self, model: nn.Module):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.forward_module = model
+        self.tokenizer = getattr(model, "tokenizer", None)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({type(self.model).__name__}, kind={self.kind!r}, "
+                f"vocab_size={self.vocab_size})")
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    # -- batches and logits
+    def collate(self, examples: Sequence) -> Batch:
+        """Examples of any lengths -> a right-padded batch (see the module docstring)."""
+        raise NotImplementedError
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Teacher-forced logits (batch, seq, vocab), position t scoring ``batch.labels[:, t]``."""
+        raise NotImplementedError
+
+    def hidden_and_head(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``(hidden, weight, bias)`` with hidden (batch, seq, d), weight (vocab, d), bias (vocab,) or
+        None, such that ``logits(batch) == hidden @ weight.T + bias``: the input of a loss that
+        never holds the (tokens x vocab) logits."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its final hidden states")
+
+    # -- decoding
+    def start(self, inputs: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, Any]:
+        """Prompts ("lm") or sources ("seq2seq") -> (logits (batch, vocab) for the first new
+        token, decoding state)."""
+        raise NotImplementedError
+
+    def step(self, state: Any, tokens: torch.Tensor) -> Tuple[torch.Tensor, Any]:
+        """Feed ``tokens`` (batch,), one per row -> (next logits (batch, vocab), new state)."""
+        raise NotImplementedError
+
+    def reorder_state(self, state: Any, index: torch.Tensor) -> Any:
+        """Select / repeat rows of the state (beam search); ``index``: (new_batch,)."""
+        raise NotImplementedError
+
+    # -- persistence
+    def config_dict(self) -> dict:
+        """The model's configuration as JSON-able data; equal after a JSON round trip."""
+        raise NotImplementedError
+
+    def save(self, path: Union[str, Path], tokenizer: Optional[Any] = None) -> None:
+        """Export the model (and a tokenizer) in its family's own format."""
+        raise NotImplementedError(f"{type(self).__name__} cannot export its model")
+
+
+# ============================================================================ distilkit models
+class _DistilkitAdapter(ModelAdapter):
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        c = model.config
+        self.vocab_size, self.pad_id, self.eos_id = c.vocab_size, c.pad_id, c.eos_id
+        self.max_len = getattr(c, "max_len", None)
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return self.forward_module(batch)
+
+    def start(self, inputs):
+        return self.model.start(inputs)
+
+    def step(self, state, tokens):
+        return self.model.step(state, tokens)
+
+    def reorder_state(self, state, index):
+        return self.model.reorder_state(state, index)
+
+    def hidden_and_head(self, batch):
+        fn = getattr(self.model, "hidden_and_head", None)
+        if fn is None:
+            return super().hidden_and_head(batch)
+        return fn(batch)
+
+    def config_dict(self) -> dict:
+        from .models import config_to_dict
+
+        return config_to_dict(self.model.config)
+
+    def save(self, path, tokenizer=None) -> None:
+        from .checkpoint import save_model
+
+        save_model(self.model, path, tokenizer)
+
+
+class DistilkitLMAdapter(_DistilkitAdapter):
+    """:class:`~distilkit.models.TransformerLM`: batches from :func:`~distilkit.data.collate_lm`."""
+
+    kind = "lm"
+
+    def collate(self, examples):
+        batch = collate_lm(lm_examples_as_ids(examples), pad_id=self.pad_id)
+        _check_ids(batch, self.vocab_size)
+        return batch
+
+
+class DistilkitSeq2SeqAdapter(_DistilkitAdapter):
+    """:class:`~distilkit.models.Seq2SeqLSTM`: batches from :func:`~distilkit.data.collate_seq2seq`."""
+
+    kind = "seq2seq"
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.bos_id = model.config.bos_id
+
+    def collate(self, examples):
+        batch = collate_seq2seq(seq2seq_examples_as_ids(examples), pad_id=self.pad_id, bos_id=self.bos_id)
+        _check_ids(batch, self.vocab_size)
+        return batch
+
+
+class CollateAdapter(ModelAdapter):
+    """Any module with ``model(batch) -> logits`` and a user-supplied ``collate`` (the loop's
+    ``collate=`` argument): training and evaluation work; decoding needs a model adapter."""
+
+    def __init__(self, model: nn.Module, collate: Callable, base: Optional[ModelAdapter] = None):
+        super().__init__(model)
+        if not callable(collate):
+            raise TypeError(f"collate must be callable, got {type(collate).__name__}")
+        self._collate, self._base = collate, base
+        for name in ("kind", "vocab_size", "pad_id", "bos_id", "eos_id", "max_len"):
+            setattr(self, name, getattr(base, name, None) if base is not None else
+                    getattr(getattr(model, "config", None), name, getattr(type(self), name, None)))
+        self.kind = self.kind or getattr(model, "kind", "")
+
+    def collate(self, examples):
+        return self._collate(examples)
+
+    def logits(self, batch):
+        if self._base is not None:
+            return self._base.logits(batch)
+        return self.forward_module(batch)
+
+    def _need_base(self, what: str) -> ModelAdapter:
+        if self._base is None:
+            raise TypeError(f"{what} needs a distilkit or Hugging Face model, got {type(self.model).__name__} "
+                            "with a custom collate")
+        return self._base
+
+    def start(self, inputs):
+        return self._need_base("decoding").start(inputs)
+
+    def step(self, state, tokens):
+        return self._need_base("decoding").step(state, tokens)
+
+    def reorder_state(self, state, index):
+        return self._need_base("decoding").reorder_state(state, index)
+
+    def hidden_and_head(self, batch):
+        return self._need_base("hidden_and_head").hidden_and_head(batch)
+
+    def config_dict(self):
+        if self._base is not None:
+            return self._base.config_dict()
+        return None
+
+    def save(self, path, tokenizer=None):
+        self._need_base("export").save(path, tokenizer)
+
+
+# ============================================================================ dispatch
+def _is_hf_model(model: nn.Module) -> bool:
+    transformers = sys.modules.get("transformers")  # a model of it exists only if it was imported
+    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+
+
+def adapt(model: Union[nn.Module, ModelAdapter], *, collate: Optional[Callable] = None) -> ModelAdapter:
+    """The :class:`ModelAdapter` for ``model``; an adapter is returned as it is (idempotent).
+
+    Accepted: distilkit's :class:`~distilkit.models.TransformerLM` and
+    :class:`~distilkit.models.Seq2SeqLSTM`; ``transformers`` models -- decoder-only (any
+    ``PreTrainedModel`` whose ``forward(input_ids=, attention_mask=)`` returns ``.logits``) and
+    encoder-decoder ones (``config.is_encoder_decoder``: T5, BART, ...); a
+    ``DistributedDataParallel`` wrapper around any of these (training calls the wrapper).
+    ``collate``: a custom examples -> batch function (the loop's ``collate=``); the model is
+    then called as ``model(batch)``.
+    """
+    if isinstance(model, ModelAdapter):
+        if collate is not None:
+            return CollateAdapter(model.model, collate, base=model)
+        return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or a ModelAdapter, got {type(model).__name__}")
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        inner = adapt(model.module, collate=collate)
+        inner.forward_module = model
+        return inner
+    from .models import Seq2SeqLSTM, TransformerLM
+
+    if isinstance(model, TransformerLM):
+        base: Optional[ModelAdapter] = DistilkitLMAdapter(model)
+    elif isinstance(model, Seq2SeqLSTM):
+        base = DistilkitSeq2SeqAdapter(model)
+    elif _is_hf_model(model):
+        from . import hf
+
+        is_enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+        base = hf.HFSeq2SeqAdapter(model) if is_enc_dec else hf.HFCausalAdapter(model)
+    else:
+        base = None
+    if collate is not None:
+        return CollateAdapter(model, collate, base=base)
+    if base is None:
+        raise TypeError(
+            f"distilkit cannot use a {type(model).__name__} directly: expected a distilkit TransformerLM "
+            "or Seq2SeqLSTM, a transformers PreTrainedModel (causal or encoder-decoder), or pass "
+            "collate= for a module called as model(batch)")
+    return base
