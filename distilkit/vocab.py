@@ -33,7 +33,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["VOCAB_ALIGNMENTS", "VocabAlignment", "check_vocab", "tokenizer_vocab", "tokenizer_difference"]
+__all__ = ["VOCAB_ALIGNMENTS", "VocabAlignment", "check_vocab", "check_teacher", "tokenizer_vocab", "tokenizer_difference"]
 
 #: Values accepted by ``KDConfig.vocab_alignment`` (besides ``None``: widths must match).
 VOCAB_ALIGNMENTS = ("slice", "pad")
@@ -156,3 +156,31 @@ def check_vocab(
             "the same tokens in the student and the teacher. Pass student_tokenizer= and "
             "teacher_tokenizer= (or set model.tokenizer) to have that checked", UserWarning, stacklevel=3)
     return VocabAlignment(alignment, student_vocab, teacher_vocab)
+
+
+def check_teacher(student: Any, teacher: Any, alignment: Optional[str] = None, *,
+                  student_tokenizer: Any = None, teacher_tokenizer: Any = None,
+                  divergence: str = "forward_kl", beta: float = 0.5) -> Optional[VocabAlignment]:
+    """Can ``teacher`` score the ``student``'s batches position by position? Both are
+    :class:`~distilkit.adapters.ModelAdapter` s (or models). Checks, before any step: one kind
+    of model, one decoder start token (encoder-decoders share the student's decoder inputs),
+    and the vocabulary (:func:`check_vocab`; tokenizers default to those the models carry).
+    Returns the :class:`VocabAlignment` to apply, or ``None``."""
+    from .adapters import adapt
+
+    s, t = adapt(student), adapt(teacher)
+    if s.model is t.model:
+        raise ValueError("teacher and student must be different models (got the same object)")
+    names = {"lm": "a decoder-only", "seq2seq": "an encoder-decoder"}
+    if s.kind != t.kind:
+        raise ValueError(f"the student is {names.get(s.kind, s.kind)} model and the teacher "
+                         f"{names.get(t.kind, t.kind)} one: the teacher scores the student's batches, so "
+                         "both must be decoder-only or both encoder-decoder")
+    if s.kind == "seq2seq" and s.bos_id != t.bos_id:
+        raise ValueError(f"the student's decoder starts from token id {s.bos_id} and the teacher's from "
+                         f"{t.bos_id}: the teacher reads the student's decoder inputs, so both need one "
+                         "decoder start token (one tokenizer)")
+    return check_vocab(s.vocab_size, t.vocab_size, alignment,
+                       student_tokenizer=student_tokenizer if student_tokenizer is not None else s.tokenizer,
+                       teacher_tokenizer=teacher_tokenizer if teacher_tokenizer is not None else t.tokenizer,
+                       divergence=divergence, beta=beta)

@@ -273,3 +273,16 @@ def test_pad_alignment_refusals():
         check_vocab(10, 12, "pad")
     with pytest.raises(ValueError, match="reverse_kl is infinite"):
         check_vocab(12, 10, "pad", divergence="reverse_kl")
+
+
+def test_core_never_imports_transformers():
+    """The core install stays free of the ``hf`` extra: importing distilkit and adapting its
+    own models does not import transformers."""
+    import subprocess
+    import sys
+
+    code = ("import sys, distilkit as dk; from distilkit.adapters import adapt; "
+            "adapt(dk.TransformerLM(dk.TransformerConfig(vocab_size=9, d_model=8, n_layers=1, n_heads=2)));"
+            "print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
