@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -110,17 +112,31 @@ class _HFAdapter(ModelAdapter):
 
     def save(self, path: Union[str, Path], tokenizer: Optional[Any] = None) -> None:
         """``save_pretrained`` into the folder ``path`` (safetensors weights + config.json), and the
-        tokenizer's own ``save_pretrained`` when it has one."""
+        tokenizer's own ``save_pretrained`` when it has one.
+
+        The folder is written beside ``path`` under a temporary name and renamed into place, so
+        a crash leaves the previous export (or nothing), never a half-written folder."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ValueError(f"path {path} exists and is not a folder; save_pretrained writes a folder")
-        self.model.save_pretrained(str(path))
         tok = tokenizer if tokenizer is not None else self.tokenizer
-        if tok is not None:
-            if not hasattr(tok, "save_pretrained"):
-                raise TypeError(f"tokenizer must have save_pretrained (a transformers tokenizer), "
-                                f"got {type(tok).__name__}")
-            tok.save_pretrained(str(path))
+        if tok is not None and not hasattr(tok, "save_pretrained"):
+            raise TypeError(f"tokenizer must have save_pretrained (a transformers tokenizer), "
+                            f"got {type(tok).__name__}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        old = path.with_name(f".{path.name}.old{os.getpid()}")
+        try:
+            self.model.save_pretrained(str(tmp))
+            if tok is not None:
+                tok.save_pretrained(str(tmp))
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+        finally:
+            for leftover in (tmp, old):
+                if leftover.exists():
+                    shutil.rmtree(leftover)
 
 
 def _first_positions(batch, n: int):
