@@ -1,7 +1,8 @@
 """Decoding: greedy search, beam search and sampling (temperature, top-k, top-p).
 
-Works for any model with the ``start`` / ``step`` / ``reorder_state`` interface of
-:mod:`distilkit.models`; the Transformer keeps a KV cache in its state, so each step costs one
+Works for any model :func:`distilkit.adapters.adapt` accepts (distilkit's models, Hugging Face
+causal and encoder-decoder models), through the adapter's ``start`` / ``step`` /
+``reorder_state``; the Transformers keep a KV cache in their state, so each step costs one
 token's worth of compute.
 """
 
@@ -13,21 +14,25 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .adapters import ModelAdapter, adapt
+
 __all__ = ["generate", "greedy", "beam_search", "sample"]
 
 
-def _eos(model) -> int:
-    return model.config.eos_id
+def _eos(adapter: ModelAdapter) -> int:
+    return -1 if adapter.eos_id is None else adapter.eos_id  # -1: no row ever stops early
 
 
-def _check_common(model, inputs, max_new_tokens):
-    if not all(hasattr(model, a) for a in ("start", "step", "reorder_state")):
-        raise TypeError("model must provide start/step/reorder_state (a distilkit model)")
+def _check_common(model, inputs, max_new_tokens) -> ModelAdapter:
+    try:
+        adapter = adapt(model)
+    except TypeError as exc:
+        raise TypeError(f"model cannot be decoded (no start/step/reorder_state adapter): {exc}") from None
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence) or len(inputs) == 0:
         raise ValueError("inputs must be a non-empty list of token-id lists")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    vocab = getattr(model.config, "vocab_size", None)
+    vocab = adapter.vocab_size
     if vocab is not None:
         for i, row in enumerate(inputs):
             if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
@@ -38,7 +43,7 @@ def _check_common(model, inputs, max_new_tokens):
                 if not 0 <= tok < vocab:
                     raise ValueError(f"inputs[{i}][{j}] = {tok} is outside the model's vocabulary "
                                      f"[0, {vocab}); encode inputs with the model's tokenizer")
-    max_len = getattr(model.config, "max_len", None)
+    max_len = adapter.max_len
     if max_len is not None:
         longest = max(len(p) for p in inputs)
         if longest + max_new_tokens > max_len:
@@ -46,6 +51,7 @@ def _check_common(model, inputs, max_new_tokens):
                 f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the model's "
                 f"max_len {max_len}; shorten the prompt or ask for fewer tokens"
             )
+    return adapter
 
 
 @torch.no_grad()
@@ -55,12 +61,13 @@ def greedy(model, inputs: Sequence[Sequence[int]], max_new_tokens: int = 60,
 
     With ``stop_at_eos=False`` every row decodes exactly ``max_new_tokens`` tokens (for timing).
     """
-    _check_common(model, inputs, max_new_tokens)
+    adapter = _check_common(model, inputs, max_new_tokens)
+    model = adapter.model
     was_training = model.training
     model.eval()
     try:
-        logits, state = model.start(inputs)
-        eos = _eos(model) if stop_at_eos else -1
+        logits, state = adapter.start(inputs)
+        eos = _eos(adapter) if stop_at_eos else -1
         out = torch.empty(len(inputs), 0, dtype=torch.long, device=logits.device)
         done = torch.zeros(len(inputs), dtype=torch.bool, device=logits.device)
         for i in range(max_new_tokens):
@@ -70,7 +77,7 @@ def greedy(model, inputs: Sequence[Sequence[int]], max_new_tokens: int = 60,
             done |= tok == eos
             if bool(done.all()) or i == max_new_tokens - 1:
                 break
-            logits, state = model.step(state, tok)
+            logits, state = adapter.step(state, tok)
     finally:
         model.train(was_training)
     return [_cut(row, eos) for row in out.tolist()]
@@ -92,7 +99,8 @@ def sample(
 ) -> List[List[int]]:
     """Ancestral sampling from ``softmax(logits / temperature)``, optionally restricted to the
     ``top_k`` most likely tokens and/or the smallest set whose probability reaches ``top_p``."""
-    _check_common(model, inputs, max_new_tokens)
+    adapter = _check_common(model, inputs, max_new_tokens)
+    model = adapter.model
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
@@ -102,8 +110,8 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        logits, state = model.start(inputs)
-        eos = _eos(model)
+        logits, state = adapter.start(inputs)
+        eos = _eos(adapter)
         rows = [[] for _ in inputs]
         done = torch.zeros(len(inputs), dtype=torch.bool, device=logits.device)
         for i in range(max_new_tokens):
@@ -126,7 +134,7 @@ def sample(
             done |= tok == eos
             if bool(done.all()) or i == max_new_tokens - 1:
                 break
-            logits, state = model.step(state, tok)
+            logits, state = adapter.step(state, tok)
     finally:
         model.train(was_training)
     return [_cut(r, eos) for r in rows]
@@ -144,20 +152,21 @@ def beam_search(
 
     Returns the best hypothesis per input (without ``<eos>``).
     """
-    _check_common(model, inputs, max_new_tokens)
+    adapter = _check_common(model, inputs, max_new_tokens)
+    model = adapter.model
     if not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
     was_training = model.training
     model.eval()
     try:
-        eos = _eos(model)
+        eos = _eos(adapter)
         n, k = len(inputs), beam_size
-        logits, state = model.start(inputs)
+        logits, state = adapter.start(inputs)
         device = logits.device
         vocab = logits.shape[-1]
         # expand to n * k rows; only the first beam of each input is live at the start
         index = torch.arange(n, device=device).repeat_interleave(k)
-        state = model.reorder_state(state, index)
+        state = adapter.reorder_state(state, index)
         logp = logits.float().log_softmax(-1)[index]
         scores = torch.full((n, k), float("-inf"), device=device)
         scores[:, 0] = 0.0
@@ -194,9 +203,9 @@ def beam_search(
                 break
             rows = new_rows.view(-1)
             seqs = torch.cat([seqs[rows], new_toks.view(-1, 1)], dim=1)
-            state = model.reorder_state(state, rows)
+            state = adapter.reorder_state(state, rows)
             scores = new_scores
-            logits, state = model.step(state, new_toks.view(-1))
+            logits, state = adapter.step(state, new_toks.view(-1))
             logp = logits.float().log_softmax(-1)
     finally:
         model.train(was_training)

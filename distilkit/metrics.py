@@ -11,10 +11,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .adapters import adapt
 from .data import IGNORE_INDEX, extract_slots
 from .generate import greedy
 from .losses import per_token_divergence
-from .train import default_collate, evaluate_loss
+from .train import evaluate_loss
 
 __all__ = [
     "perplexity",
@@ -104,17 +105,19 @@ def agreement(student: nn.Module, teacher: nn.Module, examples: Sequence,
               temperature: float = 1.0) -> Dict[str, float]:
     """How closely the student imitates the teacher on held-out ``examples`` (teacher forcing):
     ``top1``: fraction of target positions where both arg-maxes agree; ``kl``: mean
-    KL(teacher || student) per position, in nats."""
-    collate = collate or default_collate(student)
-    device = next(student.parameters()).device
+    KL(teacher || student) per position, in nats. The teacher scores the student's batches
+    (see :func:`distilkit.adapters.adapt`)."""
+    s_ad, t_ad = adapt(student, collate=collate), adapt(teacher)
+    student, teacher = s_ad.model, t_ad.model
+    device = s_ad.device
     s_was, t_was = student.training, teacher.training
     student.eval()
     teacher.eval()
     agree = kl = count = 0.0
     try:
         for i in range(0, len(examples), batch_size):
-            batch = collate(examples[i : i + batch_size]).to(device)
-            s, t = student(batch).float(), teacher(batch).float()
+            batch = s_ad.collate(examples[i : i + batch_size]).to(device)
+            s, t = s_ad.logits(batch).float(), t_ad.logits(batch).float()
             mask = batch.labels != IGNORE_INDEX
             agree += ((s.argmax(-1) == t.argmax(-1)) & mask).sum().item()
             kl += per_token_divergence(s, t, temperature=temperature)[mask].sum().item()
@@ -132,7 +135,7 @@ def decoding_speed(model: nn.Module, inputs: Sequence[Sequence[int]], new_tokens
     input (``<eos>`` is ignored so that every model does the same work)."""
     if len(inputs) == 0:
         raise ValueError("inputs must not be empty")
-    model.eval()
+    adapt(model).model.eval()
 
     greedy(model, [list(inputs[0])], max_new_tokens=min(new_tokens, 3), stop_at_eos=False)  # warm-up
     n = 0
