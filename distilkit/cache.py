@@ -58,9 +58,11 @@ from .losses import (
     _upcast,
     divergence_from_log_probs,
 )
+from .train import KDConfig, Targets
 
 __all__ = [
     "CacheMismatchError",
+    "CacheTargets",
     "TeacherCache",
     "TopKTeacher",
     "cache_teacher_logits",
@@ -491,3 +493,33 @@ class CachedBatch:
 def load_teacher_cache(path: Union[str, Path]) -> TeacherCache:
     """Reopen a cache written by :func:`cache_teacher_logits` (reads only the manifest)."""
     return TeacherCache(path)
+
+
+# ============================================================================ in the loop
+class CacheTargets(Targets):
+    """Word-level KD from a :class:`TeacherCache` (what ``dk.distill(student, cache, examples)``
+    uses): no teacher in memory; each batch carries its rows (:meth:`TeacherCache.collate_fn`)
+    and the loss is :func:`topk_distillation_loss`. ``kd.temperature`` must be the cache's."""
+
+    def __init__(self, cache: TeacherCache, kd: Optional[KDConfig] = None):
+        if not isinstance(cache, TeacherCache):
+            raise TypeError(f"cache must be a TeacherCache, got {type(cache).__name__}")
+        self.cache = cache
+        self.kd = kd if kd is not None else KDConfig(temperature=cache.temperature)
+
+    def prepare(self, examples: Sequence, collate: Callable, vocab_size: Optional[int]):
+        """Check the cache against the examples and the student; index the examples."""
+        self.cache.check(examples, vocab_size=vocab_size, temperature=self.kd.temperature)
+        return IndexedExamples(examples), self.cache.collate_fn(collate)
+
+    def __call__(self, batch, student):
+        if not isinstance(batch, CachedBatch):
+            raise TypeError("CacheTargets needs the batches its prepare() makes")
+        return batch.batch, batch.teacher
+
+    def loss_sum(self, student_logits: torch.Tensor, teacher: TopKTeacher,
+                 labels: torch.Tensor) -> torch.Tensor:
+        kd = self.kd
+        return topk_distillation_loss(student_logits, teacher, labels, alpha=kd.alpha,
+                                      divergence=kd.divergence, beta=kd.beta,
+                                      t2_scale=kd.t2_scale, reduction="sum")
