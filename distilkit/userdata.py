@@ -174,3 +174,34 @@ def load_user_examples(path: Union[str, Path], tokenizer: Any, kind: str,
     if fmt == "jsonl":
         return encode_text_pairs(read_jsonl_pairs(path), tokenizer, path)
     return encode_lm_text(read_text_file(path), tokenizer, block_size)
+
+
+# ============================================================================ models by name
+def load_pretrained(name_or_path: str):
+    """``(model, tokenizer)`` for a Hugging Face model name or a local folder written by
+    ``save_pretrained``: an encoder-decoder config (``is_encoder_decoder``) loads with
+    ``AutoModelForSeq2SeqLM``, any other with ``AutoModelForCausalLM``. Needs the ``hf`` extra."""
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError(f"loading {name_or_path!r} needs Hugging Face transformers: "
+                          'pip install "distilkit[hf]"') from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"{name_or_path!r} is neither a local model folder nor a model name "
+                                f"that transformers can load: {str(exc).splitlines()[0]}") from None
+    auto = (transformers.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False)
+            else transformers.AutoModelForCausalLM)
+    model = auto.from_pretrained(name_or_path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
+    return model, tokenizer
+
+
+def split_off_valid(examples: Sequence, fraction: float = 0.05, min_train: int = 20):
+    """``(train, valid)``: the last ``fraction`` of ``examples`` (at least one) held out for
+    validation; with fewer than ``min_train`` examples nothing is held out (valid is None)."""
+    if len(examples) < min_train:
+        return list(examples), None
+    n = max(1, int(len(examples) * fraction))
+    return list(examples[:-n]), list(examples[-n:])

@@ -2,11 +2,17 @@
 
     python scripts/train_checkpoints.py            # both teachers
     python scripts/train_checkpoints.py --only d2t # the data-to-text teacher only
+    python scripts/train_checkpoints.py --only gpt2  # tokenizer + GPT-2 teacher (needs the hf extra)
 
 The data-to-text teacher is trained on the large `teacher_train` split (40,000 generated
 pairs), which the students never see with references: the teacher knows more than the
 student's small labelled set can teach. Runs resume from `.checkpoint_runs/` if interrupted.
 Output: `distilkit/checkpoints/<name>.safetensors` (weights + config + tokenizer, no pickle).
+
+The GPT-2 teacher of chapter 7 is a Hugging Face `GPT2LMHeadModel` with a byte-level BPE
+tokenizer trained here, with the `tokenizers` library, on the same English corpus; both are
+saved with `save_pretrained` into `distilkit/checkpoints/gpt2-pydoc/` (model.safetensors,
+config.json, tokenizer.json + its config), loadable offline with `from_pretrained`.
 """
 import argparse
 import json
@@ -26,6 +32,8 @@ RUNS = ROOT / ".checkpoint_runs"
 D2T_TEACHER = dict(preset="d2t-teacher", overrides=dict(embed_dim=96, hidden_dim=192),
                    steps=2000, batch_size=64, lr=3e-3)
 LM_TEACHER = dict(preset="lm-teacher", steps=1500, batch_size=32, block=128, lr=2e-3)
+GPT2_TEACHER = dict(vocab_size=2048, n_layer=2, n_embd=128, n_head=4, block=64, steps=1500,
+                    batch_size=32, lr=3e-3)
 
 
 def d2t(threads):
@@ -65,9 +73,55 @@ def lm(threads):
     print(json.dumps(info))
 
 
+def train_bpe_tokenizer(text: str, vocab_size: int):
+    """A byte-level BPE tokenizer (GPT-2's scheme) trained on ``text``, as a transformers
+    ``PreTrainedTokenizerFast`` whose one special token ``<|endoftext|>`` is eos and padding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    raw.train_from_iterator(text.split("\n\n"), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   model_max_length=1_000_000)
+
+
+def gpt2(threads):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    r = GPT2_TEACHER
+    text = load_text_corpus()
+    split = int(0.9 * len(text))
+    tok = train_bpe_tokenizer(text[:split], r["vocab_size"])
+    train_ex = lm_examples(tok(text[:split])["input_ids"], r["block"])
+    valid_ex = lm_examples(tok(text[split:])["input_ids"], r["block"])[:200]
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=r["block"], n_embd=r["n_embd"],
+                                       n_layer=r["n_layer"], n_head=r["n_head"],
+                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                                       pad_token_id=tok.pad_token_id))
+    cfg = TrainConfig(steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], warmup_steps=100,
+                      eval_every=100, restore_best=True, checkpoint_dir=str(RUNS / "gpt2-pydoc"),
+                      checkpoint_every=100, desc="gpt2 teacher")
+    t = time.time()
+    hist = train(model, train_ex, config=cfg, valid_examples=valid_ex)
+    info = {"params": count_parameters(model), "steps": cfg.steps, "seconds": round(time.time() - t, 1),
+            "best_valid_loss": round(hist.best_valid_loss, 4), "threads": threads,
+            "train_windows": len(train_ex), "recipe": r}
+    out = OUT / "gpt2-pydoc"
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps({"info": info, "history": hist.to_dict()}) + "\n")
+    print(json.dumps(info))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["d2t", "lm"], help="train one teacher only")
+    ap.add_argument("--only", choices=["d2t", "lm", "gpt2"], help="train one teacher only")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,3 +129,5 @@ if __name__ == "__main__":
         d2t(args.threads)
     if args.only in (None, "lm"):
         lm(args.threads)
+    if args.only in (None, "gpt2"):
+        gpt2(args.threads)
