@@ -202,11 +202,20 @@ class ModelAdapter:
 
 # ============================================================================ distilkit models
 class _DistilkitAdapter(ModelAdapter):
+    """distilkit's model interface (see :mod:`distilkit.models`): ``model(batch) -> logits``,
+    ``start`` / ``step`` / ``reorder_state``, and a ``config`` with ``vocab_size``, ``pad_id``,
+    ``eos_id`` (and ``bos_id``, ``max_len`` where they apply)."""
+
     def __init__(self, model: nn.Module):
         super().__init__(model)
         c = model.config
-        self.vocab_size, self.pad_id, self.eos_id = c.vocab_size, c.pad_id, c.eos_id
+        self.vocab_size, self.pad_id, self.eos_id = c.vocab_size, getattr(c, "pad_id", 0), c.eos_id
+        self.bos_id = getattr(c, "bos_id", None)
         self.max_len = getattr(c, "max_len", None)
+        self.kind = self.kind or getattr(model, "kind", "")
+
+    def collate(self, examples):
+        raise TypeError(f"{type(self.model).__name__} has no kind ('lm' or 'seq2seq'): pass collate=")
 
     def logits(self, batch: Batch) -> torch.Tensor:
         return self.forward_module(batch)
@@ -252,10 +261,6 @@ class DistilkitSeq2SeqAdapter(_DistilkitAdapter):
     """:class:`~distilkit.models.Seq2SeqLSTM`: batches from :func:`~distilkit.data.collate_seq2seq`."""
 
     kind = "seq2seq"
-
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
-        self.bos_id = model.config.bos_id
 
     def collate(self, examples):
         batch = collate_seq2seq(seq2seq_examples_as_ids(examples), pad_id=self.pad_id, bos_id=self.bos_id)
@@ -350,6 +355,10 @@ def adapt(model: Union[nn.Module, ModelAdapter], *, collate: Optional[Callable] 
 
         is_enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
         base = hf.HFSeq2SeqAdapter(model) if is_enc_dec else hf.HFCausalAdapter(model)
+    elif hasattr(model, "config") and all(hasattr(model, a) for a in ("start", "step", "reorder_state")):
+        # another module with distilkit's model interface
+        kinds = {"lm": DistilkitLMAdapter, "seq2seq": DistilkitSeq2SeqAdapter}
+        base = kinds.get(getattr(model, "kind", None), _DistilkitAdapter)(model)
     else:
         base = None
     if collate is not None:

@@ -28,11 +28,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .adapters import ModelAdapter, adapt
 from .checkpoint import CheckpointError, read_checkpoint, read_checkpoint_meta, write_checkpoint
-from .data import IGNORE_INDEX, BatchIterator, collate_lm, collate_seq2seq
+from .data import IGNORE_INDEX, BatchIterator
 from .generate import beam_search, greedy, sample
 from .losses import DIVERGENCES, _check_temperature, _check_unit, distillation_loss
 from .models import _check_token_ids, config_to_dict
+from .vocab import VOCAB_ALIGNMENTS, VocabAlignment, check_teacher
 
 __all__ = [
     "TrainConfig",
@@ -113,13 +115,26 @@ class TrainConfig:
 @dataclass
 class KDConfig:
     """How to distil: ``alpha * T^2 * divergence + (1 - alpha) * cross-entropy`` (see
-    :func:`distilkit.losses.distillation_loss`)."""
+    :func:`distilkit.losses.distillation_loss`).
+
+    ``vocab_alignment``: ``None`` (student and teacher output layers must have one width),
+    ``"slice"`` or ``"pad"`` for one tokenizer whose embedding matrix was padded in one model
+    (e.g. 151,936 vs 152,064 columns); see :mod:`distilkit.vocab`.
+
+    ``memory_bounded``: compute the loss from the student's final hidden states and output
+    layer (:meth:`ModelAdapter.hidden_and_head`, an HF ``lm_head`` included), ``chunk_size``
+    positions at a time (``None``: the loss's default), never holding the student's
+    (tokens x vocab) logits; same value and gradients as the plain path.
+    """
 
     temperature: float = 1.0
     alpha: float = 0.5
     divergence: str = "forward_kl"
     beta: float = 0.5
     t2_scale: bool = True
+    vocab_alignment: Optional[str] = None
+    memory_bounded: bool = False
+    chunk_size: Optional[int] = None
 
     def __post_init__(self):
         self.temperature = _check_temperature(self.temperature)
@@ -131,6 +146,14 @@ class KDConfig:
             _check_unit("KDConfig.beta (for jsd)", self.beta, True, True)
         elif self.divergence.startswith("skew_"):
             _check_unit(f"KDConfig.beta (for {self.divergence})", self.beta, False, True)
+        if self.vocab_alignment is not None and self.vocab_alignment not in VOCAB_ALIGNMENTS:
+            raise ValueError(f"KDConfig.vocab_alignment must be None, 'slice' or 'pad'; "
+                             f"got {self.vocab_alignment!r}")
+        if not isinstance(self.memory_bounded, bool):
+            raise ValueError(f"KDConfig.memory_bounded must be True or False, got {self.memory_bounded!r}")
+        if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or isinstance(
+                self.chunk_size, bool) or self.chunk_size < 1):
+            raise ValueError(f"KDConfig.chunk_size must be a positive int or None, got {self.chunk_size!r}")
 
 
 @dataclass
@@ -183,19 +206,25 @@ class TeacherLogits(Targets):
     """Word-level KD: the frozen teacher's logits at every target position.
 
     The teacher is put in eval mode and run under ``torch.no_grad()``; its parameters are
-    never updated, whatever their ``requires_grad`` flag says.
+    never updated, whatever their ``requires_grad`` flag says. It scores the student's batches
+    through its adapter (:func:`distilkit.adapters.adapt`), so any model of the student's kind
+    and tokenizer works: distilkit's or Hugging Face's. ``student_tokenizer`` and
+    ``teacher_tokenizer`` (optional) are compared before training (:mod:`distilkit.vocab`).
     """
 
-    def __init__(self, teacher: nn.Module, kd: Optional[KDConfig] = None):
-        if not isinstance(teacher, nn.Module):
+    def __init__(self, teacher: Union[nn.Module, ModelAdapter], kd: Optional[KDConfig] = None, *,
+                 student_tokenizer=None, teacher_tokenizer=None):
+        if not isinstance(teacher, (nn.Module, ModelAdapter)):
             raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
-        self.teacher = teacher
+        self.adapter = adapt(teacher)
+        self.teacher = self.adapter.model
         self.kd = kd or KDConfig()
+        self.student_tokenizer, self.teacher_tokenizer = student_tokenizer, teacher_tokenizer
 
     @torch.no_grad()
     def __call__(self, batch, student):
         self.teacher.eval()
-        return batch, self.teacher(batch)
+        return batch, self.adapter.logits(batch)
 
 
 class OnPolicyTargets(Targets):
@@ -211,10 +240,15 @@ class OnPolicyTargets(Targets):
 
     def __init__(self, teacher: nn.Module, kd: Optional[KDConfig] = None, lam: float = 0.5,
                  max_new_tokens: int = 80, sample_temperature: float = 1.0):
-        if not isinstance(teacher, nn.Module) or getattr(teacher, "kind", None) != "seq2seq":
-            raise TypeError("OnPolicyTargets needs a distilkit Seq2SeqLSTM teacher")
+        try:
+            self.adapter = adapt(teacher)
+        except TypeError:
+            self.adapter = None
+        if self.adapter is None or self.adapter.kind != "seq2seq":
+            raise TypeError("OnPolicyTargets needs an encoder-decoder teacher (Seq2SeqLSTM or an HF "
+                            f"encoder-decoder model), got {type(teacher).__name__}")
         _check_unit("lam", lam, False, False)
-        self.teacher, self.kd, self.lam = teacher, kd or KDConfig(alpha=1.0), float(lam)
+        self.teacher, self.kd, self.lam = self.adapter.model, kd or KDConfig(alpha=1.0), float(lam)
         self.max_new_tokens, self.sample_temperature = max_new_tokens, sample_temperature
 
     @torch.no_grad()
@@ -227,10 +261,9 @@ class OnPolicyTargets(Targets):
             samples = sample(student, srcs, max_new_tokens=self.max_new_tokens,
                              temperature=self.sample_temperature)
             student.train(was)
-            eos = student.config.eos_id
-            batch = collate_seq2seq([(s, y + [eos]) for s, y in zip(srcs, samples)],
-                                    pad_id=student.config.pad_id, bos_id=student.config.bos_id).to(device)
-        return batch, self.teacher(batch)
+            s_ad = adapt(student)
+            batch = s_ad.collate([(s, y + [s_ad.eos_id]) for s, y in zip(srcs, samples)]).to(device)
+        return batch, self.adapter.logits(batch)
 
 
 class CachedTeacherLogits(Targets):
@@ -261,8 +294,8 @@ def precompute_teacher_logits(
     Returns new examples ``(*example, logits)`` where logits has shape (tgt_len, vocab) and
     ``dtype`` (float16 halves the memory; the loss upcasts). Use with :class:`CachedTeacherLogits`.
     """
-    collate = collate or default_collate(teacher)
-    device = next(teacher.parameters()).device
+    adapter = adapt(teacher, collate=collate)
+    teacher, collate, device = adapter.model, adapter.collate, adapter.device
     was = teacher.training
     teacher.eval()
     out = []
@@ -270,7 +303,7 @@ def precompute_teacher_logits(
         for i in tqdm(range(0, len(examples), batch_size), desc="teacher logits", disable=not progress):
             chunk = examples[i : i + batch_size]
             batch = collate(chunk).to(device)
-            logits = teacher(batch).to(dtype).cpu()
+            logits = adapter.logits(batch).to(dtype).cpu()
             for j, ex in enumerate(chunk):
                 n = int((batch.labels[j] != IGNORE_INDEX).sum())
                 row = logits[j, :n].clone()
@@ -302,12 +335,11 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
 
 
 def default_collate(model: nn.Module) -> Callable:
-    kind = getattr(model, "kind", None)
-    if kind == "seq2seq":
-        return collate_seq2seq
-    if kind == "lm":
-        return collate_lm
-    raise TypeError("pass collate= for a model that is not a distilkit Seq2SeqLSTM or TransformerLM")
+    """The examples -> batch function for ``model``: its adapter's ``collate``."""
+    try:
+        return adapt(model).collate
+    except TypeError as exc:
+        raise TypeError(f"pass collate= for this model: {exc}") from None
 
 
 def _lr_lambda(config: TrainConfig):
@@ -369,9 +401,10 @@ def evaluate_loss(model: nn.Module, examples: Sequence, collate: Optional[Callab
     The sums stay on the device; the result is read back once, at the end."""
     if len(examples) == 0:
         raise ValueError("examples must not be empty")
-    collate = collate or default_collate(model)
-    device = resolve_device(device) if device is not None else next(model.parameters()).device
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    adapter = adapt(model, collate=collate)
+    model, collate = adapter.model, adapter.collate
+    device = resolve_device(device) if device is not None else adapter.device
+    vocab = adapter.vocab_size
     was = model.training
     model.eval()
     acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
@@ -380,7 +413,7 @@ def evaluate_loss(model: nn.Module, examples: Sequence, collate: Optional[Callab
     try:
         for i in range(0, len(examples), batch_size):
             batch = _to_device(collate(examples[i : i + batch_size]), device, vocab)
-            logits = model(batch).float()
+            logits = adapter.logits(batch).float()
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1),
                                      ignore_index=IGNORE_INDEX, reduction="sum").to(acc)
             count += (batch.labels != IGNORE_INDEX).sum().to(acc)
@@ -390,29 +423,54 @@ def evaluate_loss(model: nn.Module, examples: Sequence, collate: Optional[Callab
     return total / max(count, 1)
 
 
-def _check_pair(student: nn.Module, teacher: Optional[nn.Module]) -> None:
-    if teacher is None:
-        return
-    if teacher is student:
+def _check_pair(student: ModelAdapter, targets: "Targets") -> Optional[VocabAlignment]:
+    """Before any step: can the teacher score the student's batches? Returns the vocabulary
+    alignment to apply to their logits (None when the widths match)."""
+    if targets.teacher is None:
+        return None
+    if targets.teacher is student.model:
         raise ValueError("teacher and student must be different models (got the same object)")
-    sv = getattr(getattr(student, "config", None), "vocab_size", None)
-    tv = getattr(getattr(teacher, "config", None), "vocab_size", None)
-    if sv is not None and tv is not None and sv != tv:
-        raise ValueError(
-            f"student vocab size ({sv}) differs from teacher vocab size ({tv}): word-level KD "
-            "needs one shared tokenizer"
-        )
+    if student.vocab_size is None:  # a custom module trained with collate=: nothing to compare
+        return None
+    kd = targets.kd or KDConfig()
+    teacher = getattr(targets, "adapter", None) or targets.teacher
+    return check_teacher(student, teacher, kd.vocab_alignment, divergence=kd.divergence, beta=kd.beta,
+                         student_tokenizer=getattr(targets, "student_tokenizer", None),
+                         teacher_tokenizer=getattr(targets, "teacher_tokenizer", None))
 
 
 # ---------------------------------------------------------------------------- the loss
 _LOSS_TAKES_CHECK_VALUES = "check_values" in inspect.signature(distillation_loss).parameters
 
 
-def _loss_sum(logits, teacher_logits, labels, kd: Optional[KDConfig], check_values: bool) -> torch.Tensor:
+def _student_output(adapter: ModelAdapter, batch, teacher_logits, kd: Optional[KDConfig]):
+    """The student's logits (batch, seq, vocab) -- or, for ``kd.memory_bounded`` distillation,
+    its ``(hidden, weight, bias)`` (:meth:`ModelAdapter.hidden_and_head`)."""
+    if teacher_logits is not None and kd is not None and kd.memory_bounded:
+        return adapter.hidden_and_head(batch)
+    return adapter.logits(batch)
+
+
+def _loss_sum(logits, teacher_logits, labels, kd: Optional[KDConfig], check_values: bool,
+              alignment: Optional[VocabAlignment] = None) -> torch.Tensor:
     """The summed (not averaged) loss of one micro-batch: cross-entropy on the labels, or the
-    distillation loss against ``teacher_logits``. logits: (batch, seq, vocab); labels:
-    (batch, seq). ``check_values=False`` skips the loss's value checks, which read tensors
-    back to the host."""
+    distillation loss against ``teacher_logits``. logits: (batch, seq, vocab), or a
+    ``(hidden, weight, bias)`` triple from :func:`_student_output`; labels: (batch, seq).
+    ``alignment`` brings student and teacher columns to one width. ``check_values=False``
+    skips the loss's value checks, which read tensors back to the host."""
+    if isinstance(logits, tuple):
+        from .losses import linear_distillation_loss
+
+        hidden, weight, bias = logits
+        if alignment is not None:
+            weight, bias = alignment.student_head(weight, bias)
+            teacher_logits = alignment.teacher(teacher_logits)
+        return linear_distillation_loss(hidden, weight, bias, teacher_logits, labels,
+                                        temperature=kd.temperature, alpha=kd.alpha, divergence=kd.divergence,
+                                        beta=kd.beta, t2_scale=kd.t2_scale, reduction="sum",
+                                        chunk_size=kd.chunk_size, check_values=check_values)
+    if teacher_logits is not None and alignment is not None:
+        logits, teacher_logits = alignment.apply(logits, teacher_logits)
     if teacher_logits is None:
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")
@@ -435,7 +493,12 @@ def _checkpoints(folder: Path, pattern: re.Pattern = _CKPT) -> List[Tuple[int, P
 
 
 def _model_config(model: nn.Module) -> Optional[dict]:
-    return config_to_dict(model.config) if hasattr(model, "config") else None
+    """The model's config as JSON data, from its adapter; a custom module trained with
+    ``collate=`` has no adapter: its own ``config`` then, if it has one."""
+    try:
+        return adapt(model).config_dict()
+    except TypeError:
+        return config_to_dict(model.config) if hasattr(model, "config") else None
 
 
 @dataclass
@@ -609,10 +672,11 @@ def train(
     targets = targets or HardLabels()
     if not isinstance(targets, Targets):
         raise TypeError(f"targets must be a distilkit Targets object, got {type(targets).__name__}")
-    _check_pair(model, targets.teacher)
+    adapter = adapt(model, collate=collate)
+    alignment = _check_pair(adapter, targets)
     if train_examples is None or len(train_examples) == 0:
         raise ValueError("train_examples must not be empty")
-    collate = collate or default_collate(model)
+    collate = adapter.collate
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model.to(device)
@@ -621,7 +685,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (all requires_grad=False)")
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    vocab = adapter.vocab_size
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     scaler = _grad_scaler(device, config)
@@ -650,8 +714,8 @@ def train(
                 batch = _to_device(host_batches[-1], device, vocab)
                 with _autocast(device, config):
                     batch, teacher_logits = targets(batch, model)
-                    logits = model(batch)
-                loss_sum = _loss_sum(logits, teacher_logits, batch.labels, kd, check_values=False)
+                    logits = _student_output(adapter, batch, teacher_logits, kd)
+                loss_sum = _loss_sum(logits, teacher_logits, batch.labels, kd, False, alignment)
                 (scaler.scale(loss_sum) if scaler is not None else loss_sum).backward()
                 loss_total += loss_sum.detach().float()
                 n_tokens += (batch.labels != IGNORE_INDEX).sum()
@@ -672,7 +736,7 @@ def train(
             step_loss, loss_ok, grad_ok = torch.stack(
                 [loss_total / count, torch.isfinite(loss_total).float(), grad_finite.float()]).tolist()
             if not loss_ok:
-                _raise_for_loss(step, step_loss, host_batches, model, targets, kd, device, config, vocab)
+                _raise_for_loss(step, step_loss, host_batches, adapter, targets, kd, device, config, alignment)
             skipped = False
             if not grad_ok:
                 if scaler is None:  # a finite loss can still have a NaN/inf gradient: never apply it
@@ -719,16 +783,16 @@ def train(
     return history
 
 
-def _raise_for_loss(step, value, host_batches, model, targets, kd, device, config, vocab):
+def _raise_for_loss(step, value, host_batches, adapter, targets, kd, device, config, alignment):
     """The step's loss was not finite: find out why, with the loss's value checks on (the hot
     path skips them), and raise. Runs only on the way to an error."""
     with torch.no_grad():
         for host in host_batches:
-            batch = _to_device(host, device, vocab)
+            batch = _to_device(host, device, adapter.vocab_size)
             with _autocast(device, config):
-                batch, teacher_logits = targets(batch, model)
-                logits = model(batch)
-            _loss_sum(logits, teacher_logits, batch.labels, kd, check_values=True)  # may raise ValueError
+                batch, teacher_logits = targets(batch, adapter.model)
+                logits = adapter.logits(batch)
+            _loss_sum(logits, teacher_logits, batch.labels, kd, True, alignment)  # may raise ValueError
     raise FloatingPointError(f"loss became {value} at step {step}; lower TrainConfig.lr or check the data")
 
 
@@ -741,10 +805,21 @@ def distill(
     config: Optional[TrainConfig] = None,
     valid_examples: Optional[Sequence] = None,
     collate: Optional[Callable] = None,
+    student_tokenizer=None,
+    teacher_tokenizer=None,
 ) -> History:
     """Word-level KD: train ``student`` on ``train_examples`` against the frozen ``teacher``'s
-    next-token distributions (plus the labels, weighted by ``1 - kd.alpha``)."""
-    return train(student, train_examples, config=config, targets=TeacherLogits(teacher, kd),
+    next-token distributions (plus the labels, weighted by ``1 - kd.alpha``).
+
+    Student and teacher: distilkit models or Hugging Face models of one kind (decoder-only,
+    or encoder-decoder), sharing one tokenizer; ``train_examples`` are token-id sequences
+    ("lm") or (source, target) pairs ("seq2seq") of any lengths (see
+    :mod:`distilkit.adapters`). Before the first step the output widths and, when known
+    (``student_tokenizer`` / ``teacher_tokenizer``, or ``model.tokenizer``), the tokenizers are
+    compared (:mod:`distilkit.vocab`; ``kd.vocab_alignment`` for padded embeddings)."""
+    targets = TeacherLogits(teacher, kd, student_tokenizer=student_tokenizer,
+                            teacher_tokenizer=teacher_tokenizer)
+    return train(student, train_examples, config=config, targets=targets,
                  valid_examples=valid_examples, collate=collate)
 
 
@@ -764,7 +839,7 @@ def sequence_level_data(
     Inputs on which the teacher produces nothing are dropped."""
     if method not in ("beam", "greedy"):
         raise ValueError(f"method must be 'beam' or 'greedy', got {method!r}")
-    eos = teacher.config.eos_id if eos_id is None else eos_id
+    eos = adapt(teacher).eos_id if eos_id is None else eos_id
     out = []
     for i in tqdm(range(0, len(inputs), batch_size), desc="teacher decoding", disable=not progress):
         chunk = [list(x) for x in inputs[i : i + batch_size]]

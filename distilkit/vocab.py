@@ -84,12 +84,16 @@ class VocabAlignment:
     def apply(self, student_logits: torch.Tensor,
               teacher_logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """student_logits (..., V_student), teacher_logits (..., V_teacher) -> both (..., width)."""
+        student = student_logits[..., : self.width] if self.mode == "slice" else student_logits
+        return student, self.teacher(teacher_logits)
+
+    def teacher(self, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """teacher_logits (..., V_teacher) -> (..., width): cut, or widened with ``-inf``."""
         if self.mode == "slice":
-            w = self.width
-            return student_logits[..., :w], teacher_logits[..., :w]
+            return teacher_logits[..., : self.width]
         extra = self.student_vocab - teacher_logits.shape[-1]
         pad = teacher_logits.new_full((*teacher_logits.shape[:-1], extra), float("-inf"))
-        return student_logits, torch.cat([teacher_logits, pad], dim=-1)
+        return torch.cat([teacher_logits, pad], dim=-1)
 
     def student_head(self, weight: torch.Tensor,
                      bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
