@@ -8,7 +8,9 @@ The public API, re-exported from the modules:
 * train       -- ``train``, ``distill``, ``TrainConfig``, ``KDConfig``, targets
 * generate    -- greedy, beam search, sampling
 * metrics     -- perplexity, BLEU, slot error rate, agreement, decoding speed
-* checkpoint  -- safetensors checkpoints, atomic writes
+* checkpoint  -- safetensors checkpoints, atomic writes, ``save_pretrained`` (export)
+* adapters    -- ``adapt``: one protocol for distilkit and Hugging Face models (``hf`` extra)
+* vocab       -- ``check_vocab``: one tokenizer and output width for teacher and student
 
 The sub-modules are imported on first use (PEP 562): ``import distilkit`` is cheap and does
 not import torch, so ``distilkit --help`` answers at once. ``dk.X`` and ``from distilkit import X``
@@ -33,11 +35,15 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 
 # public name -> sub-module that defines it
 _EXPORTS = {
+    # adapters
+    "ModelAdapter": "adapters",
+    "adapt": "adapters",
     # checkpoint
     "CheckpointError": "checkpoint",
     "load_model": "checkpoint",
     "load_weights": "checkpoint",
     "save_model": "checkpoint",
+    "save_pretrained": "checkpoint",
     # data
     "IGNORE_INDEX": "data",
     "BatchIterator": "data",
@@ -101,19 +107,22 @@ _EXPORTS = {
     "resolve_device": "train",
     "sequence_level_data": "train",
     "train": "train",
+    # vocab
+    "check_vocab": "vocab",
     # experiments
     "load_teacher": "experiments",
 }
 
 # sub-modules used as ``dk.experiments``, ``dk.notebook``, ...
-_SUBMODULES = ("checkpoint", "cli", "data", "experiments", "generate", "losses", "metrics", "models",
-               "notebook", "train")
+_SUBMODULES = ("adapters", "checkpoint", "cli", "data", "experiments", "generate", "hf", "losses", "metrics",
+               "models", "notebook", "train", "vocab")
 
 __all__ = [*_EXPORTS, "experiments", "notebook"]
 
 if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _EXPORTS
     from . import experiments, notebook
-    from .checkpoint import CheckpointError, load_model, load_weights, save_model
+    from .adapters import ModelAdapter, adapt
+    from .checkpoint import CheckpointError, load_model, load_weights, save_model, save_pretrained
     from .data import (
         IGNORE_INDEX,
         BatchIterator,
@@ -179,6 +188,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
         sequence_level_data,
         train,
     )
+    from .vocab import check_vocab
 
 
 def __getattr__(name: str) -> Any:
