@@ -142,21 +142,29 @@ class Seq2SeqLSTM(nn.Module):
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths_here[:, None]
         return memory, mask, (h0.contiguous(), c0.contiguous())
 
-    def _attend(self, dec_out, memory, mask):
+    def _attend(self, dec_out, memory, mask, head: bool = True):
         scores = torch.bmm(self.attn(dec_out), memory.transpose(1, 2))  # (b, t, s)
         scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
         context = torch.bmm(torch.softmax(scores, dim=-1), memory)
-        hidden = torch.tanh(self.combine(torch.cat([dec_out, context], dim=-1)))
-        return self.out(self.drop(hidden))
+        hidden = self.drop(torch.tanh(self.combine(torch.cat([dec_out, context], dim=-1))))
+        return self.out(hidden) if head else hidden
 
-    def forward(self, batch: Seq2SeqBatch) -> torch.Tensor:
-        """Teacher-forced logits: (batch, tgt_len, vocab), aligned with ``batch.labels``."""
+    def _teacher_forced(self, batch: Seq2SeqBatch, head: bool) -> torch.Tensor:
         if not isinstance(batch, Seq2SeqBatch):
             raise TypeError(f"Seq2SeqLSTM expects a Seq2SeqBatch, got {type(batch).__name__}")
         memory, mask, state = self.encode(batch.src, batch.src_lengths)
         emb = self.drop(self.tgt_embed(batch.decoder_input))  # the decoder embeds its input
         dec_out, _ = self.decoder(emb, state)
-        return self._attend(dec_out, memory, mask)
+        return self._attend(dec_out, memory, mask, head)
+
+    def forward(self, batch: Seq2SeqBatch) -> torch.Tensor:
+        """Teacher-forced logits: (batch, tgt_len, vocab), aligned with ``batch.labels``."""
+        return self._teacher_forced(batch, head=True)
+
+    def hidden_and_head(self, batch: Seq2SeqBatch):
+        """``(hidden, weight, bias)``: hidden (batch, tgt_len, hidden_dim), the output layer's
+        weight (vocab, hidden_dim) and bias (vocab,); ``forward(batch) == hidden @ weight.T + bias``."""
+        return self._teacher_forced(batch, head=False), self.out.weight, self.out.bias
 
     # -- incremental decoding
     def start(self, inputs: Sequence[Sequence[int]]):
@@ -260,7 +268,7 @@ class TransformerLM(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def _run(self, ids: torch.Tensor, caches=None, offset: int = 0):
+    def _run(self, ids: torch.Tensor, caches=None, offset: int = 0, head: bool = True):
         c = self.config
         if ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"token ids must be an integer (torch.long) tensor, got dtype {ids.dtype}")
@@ -278,14 +286,24 @@ class TransformerLM(nn.Module):
         for i, block in enumerate(self.blocks):
             x, kv = block(x, None if caches is None else caches[i])
             new.append(kv)
-        return self.ln(x) @ self.tok.weight.T, new
+        x = self.ln(x)
+        return (x @ self.tok.weight.T if head else x), new
 
-    def forward(self, batch) -> torch.Tensor:
-        """batch: :class:`LMBatch` or (batch, seq) ids -> logits (batch, seq, vocab)."""
+    @staticmethod
+    def _ids(batch) -> torch.Tensor:
         ids = batch.input_ids if isinstance(batch, LMBatch) else batch
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
             raise TypeError("TransformerLM expects an LMBatch or a (batch, seq) LongTensor of ids")
-        return self._run(ids)[0]
+        return ids
+
+    def forward(self, batch) -> torch.Tensor:
+        """batch: :class:`LMBatch` or (batch, seq) ids -> logits (batch, seq, vocab)."""
+        return self._run(self._ids(batch))[0]
+
+    def hidden_and_head(self, batch):
+        """``(hidden, weight, None)``: the final (normalised) hidden states (batch, seq, d_model)
+        and the tied output weight (vocab, d_model); ``forward(batch) == hidden @ weight.T``."""
+        return self._run(self._ids(batch), head=False)[0], self.tok.weight, None
 
     def start(self, inputs: Sequence[Sequence[int]]):
         """inputs: prompts of equal length (token-id lists). Returns next-token logits (batch, vocab)."""

@@ -286,3 +286,12 @@ def test_core_never_imports_transformers():
             "print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("make,examples", [(tiny_lm, LM_EXAMPLES), (tiny_s2s, S2S_EXAMPLES)])
+def test_hidden_and_head_reproduce_the_logits(make, examples):
+    a = adapt(make().eval())
+    batch = a.collate(examples)
+    hidden, weight, bias = a.hidden_and_head(batch)
+    logits = hidden @ weight.T + (0 if bias is None else bias)
+    assert torch.allclose(logits, a.logits(batch), atol=1e-6)
