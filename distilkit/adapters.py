@@ -106,16 +106,20 @@ def seq2seq_examples_as_ids(examples: Sequence) -> list:
 
 
 def _check_ids(batch: Batch, vocab_size: int) -> None:
-    """Token ids must index the model's vocabulary; checked on the CPU batch (no device sync)."""
-    fields = [("input_ids", "examples")] if isinstance(batch, LMBatch) else \
-        [("src", "source ids"), ("decoder_input", "target ids")]
-    tensors = [(getattr(batch, f), what) for f, what in fields]
-    labels = batch.labels[batch.labels != IGNORE_INDEX]
-    tensors.append((labels, "target ids" if isinstance(batch, Seq2SeqBatch) else "examples"))
-    for t, what in tensors:
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= vocab_size):
-            bad = int(t.max()) if int(t.max()) >= vocab_size else int(t.min())
-            raise ValueError(f"{what} hold token id {bad}, outside the model's vocabulary [0, {vocab_size})")
+    """Token ids must index the model's vocabulary; checked on the host batch (before it moves
+    to a device), for models that do not check their own ids (an embedding lookup would fail
+    deep inside them)."""
+    if isinstance(batch, LMBatch):
+        fields = [(batch.input_ids, "examples"), (batch.labels, "examples")]
+    else:
+        fields = [(batch.src, "source ids"), (batch.decoder_input, "target ids"), (batch.labels, "target ids")]
+    for t, what in fields:
+        t = t[t != IGNORE_INDEX] if t is batch.labels else t
+        if t.numel():
+            low, high = (int(v) for v in torch.aminmax(t))
+            if low < 0 or high >= vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(f"{what} hold token id {bad}, outside the model's vocabulary [0, {vocab_size})")
 
 
 # ============================================================================ the protocol
@@ -202,17 +206,20 @@ class ModelAdapter:
 
 # ============================================================================ distilkit models
 class _DistilkitAdapter(ModelAdapter):
-    """distilkit's model interface (see :mod:`distilkit.models`): ``model(batch) -> logits``,
-    ``start`` / ``step`` / ``reorder_state``, and a ``config`` with ``vocab_size``, ``pad_id``,
-    ``eos_id`` (and ``bos_id``, ``max_len`` where they apply)."""
+    """distilkit's model interface (see :mod:`distilkit.models`): ``model(batch) -> logits``
+    aligned with ``batch.labels``, a ``kind``, and for decoding ``start`` / ``step`` /
+    ``reorder_state``; ids from ``model.config`` (``vocab_size``, ``pad_id``, ``bos_id``,
+    ``eos_id``, ``max_len``) where it has them. The models check their own token ids."""
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        c = model.config
-        self.vocab_size, self.pad_id, self.eos_id = c.vocab_size, getattr(c, "pad_id", 0), c.eos_id
-        self.bos_id = getattr(c, "bos_id", None)
-        self.max_len = getattr(c, "max_len", None)
         self.kind = self.kind or getattr(model, "kind", "")
+        c = getattr(model, "config", None)
+        self.vocab_size = getattr(c, "vocab_size", None)
+        self.pad_id = getattr(c, "pad_id", 0)
+        self.bos_id = getattr(c, "bos_id", 1 if self.kind == "seq2seq" else None)
+        self.eos_id = getattr(c, "eos_id", None)
+        self.max_len = getattr(c, "max_len", None)
 
     def collate(self, examples):
         raise TypeError(f"{type(self.model).__name__} has no kind ('lm' or 'seq2seq'): pass collate=")
@@ -220,14 +227,19 @@ class _DistilkitAdapter(ModelAdapter):
     def logits(self, batch: Batch) -> torch.Tensor:
         return self.forward_module(batch)
 
+    def _decoder(self):
+        if not all(hasattr(self.model, a) for a in ("start", "step", "reorder_state")):
+            raise TypeError(f"{type(self.model).__name__} has no start/step/reorder_state: it cannot decode")
+        return self.model
+
     def start(self, inputs):
-        return self.model.start(inputs)
+        return self._decoder().start(inputs)
 
     def step(self, state, tokens):
-        return self.model.step(state, tokens)
+        return self._decoder().step(state, tokens)
 
     def reorder_state(self, state, index):
-        return self.model.reorder_state(state, index)
+        return self._decoder().reorder_state(state, index)
 
     def hidden_and_head(self, batch):
         fn = getattr(self.model, "hidden_and_head", None)
@@ -235,10 +247,10 @@ class _DistilkitAdapter(ModelAdapter):
             return super().hidden_and_head(batch)
         return fn(batch)
 
-    def config_dict(self) -> dict:
+    def config_dict(self) -> Optional[dict]:
         from .models import config_to_dict
 
-        return config_to_dict(self.model.config)
+        return config_to_dict(self.model.config) if hasattr(self.model, "config") else None
 
     def save(self, path, tokenizer=None) -> None:
         from .checkpoint import save_model
@@ -252,9 +264,7 @@ class DistilkitLMAdapter(_DistilkitAdapter):
     kind = "lm"
 
     def collate(self, examples):
-        batch = collate_lm(lm_examples_as_ids(examples), pad_id=self.pad_id)
-        _check_ids(batch, self.vocab_size)
-        return batch
+        return collate_lm(lm_examples_as_ids(examples), pad_id=self.pad_id)
 
 
 class DistilkitSeq2SeqAdapter(_DistilkitAdapter):
@@ -263,9 +273,7 @@ class DistilkitSeq2SeqAdapter(_DistilkitAdapter):
     kind = "seq2seq"
 
     def collate(self, examples):
-        batch = collate_seq2seq(seq2seq_examples_as_ids(examples), pad_id=self.pad_id, bos_id=self.bos_id)
-        _check_ids(batch, self.vocab_size)
-        return batch
+        return collate_seq2seq(seq2seq_examples_as_ids(examples), pad_id=self.pad_id, bos_id=self.bos_id)
 
 
 class CollateAdapter(ModelAdapter):
@@ -329,7 +337,9 @@ def adapt(model: Union[nn.Module, ModelAdapter], *, collate: Optional[Callable] 
     Accepted: distilkit's :class:`~distilkit.models.TransformerLM` and
     :class:`~distilkit.models.Seq2SeqLSTM`; ``transformers`` models -- decoder-only (any
     ``PreTrainedModel`` whose ``forward(input_ids=, attention_mask=)`` returns ``.logits``) and
-    encoder-decoder ones (``config.is_encoder_decoder``: T5, BART, ...); a
+    encoder-decoder ones (``config.is_encoder_decoder``: T5, BART, ...); any other module with
+    distilkit's model interface (a ``kind`` of "lm" or "seq2seq" and ``model(batch) -> logits``,
+    and/or ``start`` / ``step`` / ``reorder_state`` with a ``config``); a
     ``DistributedDataParallel`` wrapper around any of these (training calls the wrapper).
     ``collate``: a custom examples -> batch function (the loop's ``collate=``); the model is
     then called as ``model(batch)``.
@@ -355,8 +365,9 @@ def adapt(model: Union[nn.Module, ModelAdapter], *, collate: Optional[Callable] 
 
         is_enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
         base = hf.HFSeq2SeqAdapter(model) if is_enc_dec else hf.HFCausalAdapter(model)
-    elif hasattr(model, "config") and all(hasattr(model, a) for a in ("start", "step", "reorder_state")):
-        # another module with distilkit's model interface
+    elif getattr(model, "kind", None) in KINDS or (
+            hasattr(model, "config") and all(hasattr(model, a) for a in ("start", "step", "reorder_state"))):
+        # another module with distilkit's model interface (a kind, and/or the decoding methods)
         kinds = {"lm": DistilkitLMAdapter, "seq2seq": DistilkitSeq2SeqAdapter}
         base = kinds.get(getattr(model, "kind", None), _DistilkitAdapter)(model)
     else:

@@ -113,12 +113,8 @@ def test_collate_errors_name_the_example():
     lm, s2s = adapt(tiny_lm()), adapt(tiny_s2s())
     with pytest.raises(ValueError, match=r"examples\[1\] has 1 token\(s\).*at least 2"):
         lm.collate([[1, 2, 3], [4]])
-    with pytest.raises(ValueError, match=r"token id 40, outside the model's vocabulary \[0, 40\)"):
-        lm.collate([[1, 2, 40]])
     with pytest.raises(TypeError, match=r"examples\[0\] must be a \(source_ids, target_ids\) pair"):
         s2s.collate([[1, 2, 3]])
-    with pytest.raises(ValueError, match="target ids hold token id 99"):
-        s2s.collate([([1, 2], [99, 2])])
     with pytest.raises(ValueError, match="non-empty list"):
         lm.collate([])
 
