@@ -8,8 +8,9 @@ The public API, re-exported from the modules:
 * train       -- ``train``, ``distill``, ``TrainConfig``, ``KDConfig``, targets
 * generate    -- greedy, beam search, sampling
 * metrics     -- perplexity, BLEU, slot error rate, agreement, decoding speed
-* checkpoint  -- safetensors checkpoints, atomic writes, ``save_pretrained`` (export)
-* adapters    -- ``adapt``: one protocol for distilkit and Hugging Face models (``hf`` extra)
+* checkpoint  -- safetensors checkpoints, atomic writes
+* adapters    -- ``adapt``: one protocol for distilkit and Hugging Face models (``hf`` extra);
+  ``save_pretrained`` exports a model in its family's format
 * vocab       -- ``check_vocab``: one tokenizer and output width for teacher and student
 
 The sub-modules are imported on first use (PEP 562): ``import distilkit`` is cheap and does
@@ -38,12 +39,12 @@ _EXPORTS = {
     # adapters
     "ModelAdapter": "adapters",
     "adapt": "adapters",
+    "save_pretrained": "adapters",
     # checkpoint
     "CheckpointError": "checkpoint",
     "load_model": "checkpoint",
     "load_weights": "checkpoint",
     "save_model": "checkpoint",
-    "save_pretrained": "checkpoint",
     # data
     "IGNORE_INDEX": "data",
     "BatchIterator": "data",
@@ -115,14 +116,14 @@ _EXPORTS = {
 
 # sub-modules used as ``dk.experiments``, ``dk.notebook``, ...
 _SUBMODULES = ("adapters", "checkpoint", "cli", "data", "experiments", "generate", "hf", "losses", "metrics",
-               "models", "notebook", "train", "vocab")
+               "models", "notebook", "protocol", "train", "vocab")
 
 __all__ = [*_EXPORTS, "experiments", "notebook"]
 
 if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _EXPORTS
     from . import experiments, notebook
-    from .adapters import ModelAdapter, adapt
-    from .checkpoint import CheckpointError, load_model, load_weights, save_model, save_pretrained
+    from .adapters import ModelAdapter, adapt, save_pretrained
+    from .checkpoint import CheckpointError, load_model, load_weights, save_model
     from .data import (
         IGNORE_INDEX,
         BatchIterator,

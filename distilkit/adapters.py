@@ -32,176 +32,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn as nn
 
-from .data import IGNORE_INDEX, LMBatch, Seq2SeqBatch, collate_lm, collate_seq2seq
+from .checkpoint import save_model
+from .data import collate_lm, collate_seq2seq
+from .models import Seq2SeqLSTM, TransformerLM, config_to_dict
+from .protocol import KINDS, Batch, ModelAdapter, lm_examples_as_ids, seq2seq_examples_as_ids, token_ids
 
 __all__ = ["Batch", "ModelAdapter", "DistilkitLMAdapter", "DistilkitSeq2SeqAdapter", "CollateAdapter",
-           "adapt", "token_ids"]
-
-#: The batch types the adapters produce.
-Batch = Union[LMBatch, Seq2SeqBatch]
-
-KINDS = ("lm", "seq2seq")
-
-
-# ============================================================================ examples
-def token_ids(seq: Any, name: str) -> List[int]:
-    """``seq`` (a list/tuple of ints or a 1-D integer tensor) as a list of ints; ``name`` is
-    used in the error message (e.g. ``"examples[3]"``)."""
-    if isinstance(seq, torch.Tensor):
-        if seq.dim() != 1 or seq.is_floating_point() or seq.is_complex() or seq.dtype == torch.bool:
-            raise TypeError(f"{name} must be a 1-D integer tensor of token ids, got a "
-                            f"{seq.dim()}-D {seq.dtype} tensor")
-        return seq.tolist()
-    if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
-        raise TypeError(f"{name} must be a list of int token ids or a 1-D integer tensor, "
-                        f"got {type(seq).__name__}")
-    out = []
-    for t in seq:
-        if isinstance(t, torch.Tensor) and t.dim() == 0 and not t.is_floating_point():
-            t = int(t)
-        if isinstance(t, bool) or not (isinstance(t, int) or hasattr(t, "__index__")):
-            raise TypeError(f"{name} must hold int token ids, found {t!r}")
-        out.append(t if isinstance(t, int) else t.__index__())
-    return out
-
-
-def _is_payload(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) and x.dim() >= 1
-
-
-def lm_examples_as_ids(examples: Sequence) -> list:
-    """Normalise "lm" examples: each a token-id sequence or ``(sequence, payload)``."""
-    if isinstance(examples, (str, bytes)) or not isinstance(examples, Sequence) or len(examples) == 0:
-        raise ValueError("examples must be a non-empty list of token-id sequences")
-    out = []
-    for i, ex in enumerate(examples):
-        if isinstance(ex, tuple) and len(ex) == 2 and _is_payload(ex[1]):
-            out.append((token_ids(ex[0], f"examples[{i}][0]"), ex[1]))
-        else:
-            ids = token_ids(ex, f"examples[{i}]")
-            if len(ids) < 2:
-                raise ValueError(f"examples[{i}] has {len(ids)} token(s); a language-model example needs "
-                                 "at least 2 (an input and the token it predicts)")
-            out.append(ids)
-    return out
-
-
-def seq2seq_examples_as_ids(examples: Sequence) -> list:
-    """Normalise "seq2seq" examples: ``(source, target)`` or ``(source, target, payload)``."""
-    if isinstance(examples, (str, bytes)) or not isinstance(examples, Sequence) or len(examples) == 0:
-        raise ValueError("examples must be a non-empty list of (source_ids, target_ids) pairs")
-    out = []
-    for i, ex in enumerate(examples):
-        if not (isinstance(ex, (tuple, list)) and (len(ex) == 2 or len(ex) == 3 and _is_payload(ex[2]))):
-            raise TypeError(f"examples[{i}] must be a (source_ids, target_ids) pair for an encoder-decoder "
-                            f"model, got {type(ex).__name__}")
-        pair = (token_ids(ex[0], f"examples[{i}][0] (source)"), token_ids(ex[1], f"examples[{i}][1] (target)"))
-        out.append(pair + tuple(ex[2:]))
-    return out
-
-
-def _check_ids(batch: Batch, vocab_size: int) -> None:
-    """Token ids must index the model's vocabulary; checked on the host batch (before it moves
-    to a device), for models that do not check their own ids (an embedding lookup would fail
-    deep inside them)."""
-    if isinstance(batch, LMBatch):
-        fields = [(batch.input_ids, "examples"), (batch.labels, "examples")]
-    else:
-        fields = [(batch.src, "source ids"), (batch.decoder_input, "target ids"), (batch.labels, "target ids")]
-    for t, what in fields:
-        t = t[t != IGNORE_INDEX] if t is batch.labels else t
-        if t.numel():
-            low, high = (int(v) for v in torch.aminmax(t))
-            if low < 0 or high >= vocab_size:
-                bad = low if low < 0 else high
-                raise ValueError(f"{what} hold token id {bad}, outside the model's vocabulary [0, {vocab_size})")
-
-
-# ============================================================================ the protocol
-class ModelAdapter:
-    """What the package needs from a model family. Subclasses set the attributes and
-    implement the methods; :func:`adapt` picks the subclass.
-
-    Attributes:
-        model: the wrapped ``nn.Module`` (its parameters are what training updates).
-        forward_module: the module called for training logits; ``model`` itself, or a wrapper
-            around it such as ``DistributedDataParallel``.
-        kind: ``"lm"`` (decoder-only) or ``"seq2seq"`` (encoder-decoder).
-        vocab_size: width of the output layer (the logits' last dimension).
-        pad_id, bos_id, eos_id: padding id; first decoder input (``None`` for "lm"); end id.
-        max_len: the longest sequence the model can see, or ``None`` for no limit.
-        tokenizer: a tokenizer the model carries (``model.tokenizer``), else ``None``.
-    """
-
-    kind: str = ""
-    model: nn.Module
-    forward_module: nn.Module
-    vocab_size: int
-    pad_id: int = 0
-    bos_id: Optional[int] = None
-    eos_id: Optional[int] = None
-    max_len: Optional[int] = None
-    tokenizer: Optional[Any] = None
-
-    def __init__(self, model: nn.Module):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.forward_module = model
-        self.tokenizer = getattr(model, "tokenizer", None)
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({type(self.model).__name__}, kind={self.kind!r}, "
-                f"vocab_size={self.vocab_size})")
-
-    @property
-    def device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        return torch.device("cpu")
-
-    # -- batches and logits
-    def collate(self, examples: Sequence) -> Batch:
-        """Examples of any lengths -> a right-padded batch (see the module docstring)."""
-        raise NotImplementedError
-
-    def logits(self, batch: Batch) -> torch.Tensor:
-        """Teacher-forced logits (batch, seq, vocab), position t scoring ``batch.labels[:, t]``."""
-        raise NotImplementedError
-
-    def hidden_and_head(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """``(hidden, weight, bias)`` with hidden (batch, seq, d), weight (vocab, d), bias (vocab,) or
-        None, such that ``logits(batch) == hidden @ weight.T + bias``: the input of a loss that
-        never holds the (tokens x vocab) logits."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose its final hidden states")
-
-    # -- decoding
-    def start(self, inputs: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, Any]:
-        """Prompts ("lm") or sources ("seq2seq") -> (logits (batch, vocab) for the first new
-        token, decoding state)."""
-        raise NotImplementedError
-
-    def step(self, state: Any, tokens: torch.Tensor) -> Tuple[torch.Tensor, Any]:
-        """Feed ``tokens`` (batch,), one per row -> (next logits (batch, vocab), new state)."""
-        raise NotImplementedError
-
-    def reorder_state(self, state: Any, index: torch.Tensor) -> Any:
-        """Select / repeat rows of the state (beam search); ``index``: (new_batch,)."""
-        raise NotImplementedError
-
-    # -- persistence
-    def config_dict(self) -> dict:
-        """The model's configuration as JSON-able data; equal after a JSON round trip."""
-        raise NotImplementedError
-
-    def save(self, path: Union[str, Path], tokenizer: Optional[Any] = None) -> None:
-        """Export the model (and a tokenizer) in its family's own format."""
-        raise NotImplementedError(f"{type(self).__name__} cannot export its model")
+           "adapt", "save_pretrained", "token_ids"]
 
 
 # ============================================================================ distilkit models
@@ -248,13 +90,9 @@ class _DistilkitAdapter(ModelAdapter):
         return fn(batch)
 
     def config_dict(self) -> Optional[dict]:
-        from .models import config_to_dict
-
         return config_to_dict(self.model.config) if hasattr(self.model, "config") else None
 
     def save(self, path, tokenizer=None) -> None:
-        from .checkpoint import save_model
-
         save_model(self.model, path, tokenizer)
 
 
@@ -354,8 +192,6 @@ def adapt(model: Union[nn.Module, ModelAdapter], *, collate: Optional[Callable] 
         inner = adapt(model.module, collate=collate)
         inner.forward_module = model
         return inner
-    from .models import Seq2SeqLSTM, TransformerLM
-
     if isinstance(model, TransformerLM):
         base: Optional[ModelAdapter] = DistilkitLMAdapter(model)
     elif isinstance(model, Seq2SeqLSTM):
@@ -380,3 +216,17 @@ def adapt(model: Union[nn.Module, ModelAdapter], *, collate: Optional[Callable] 
             "or Seq2SeqLSTM, a transformers PreTrainedModel (causal or encoder-decoder), or pass "
             "collate= for a module called as model(batch)")
     return base
+
+
+def save_pretrained(model: Union[nn.Module, ModelAdapter], path: Union[str, Path], tokenizer: Any = None) -> None:
+    """Export a trained model (e.g. a distilled student) in its own family's format.
+
+    * a Hugging Face model: ``model.save_pretrained(path)`` -- a folder with ``config.json`` and
+      safetensors weights that ``AutoModel*.from_pretrained(path)`` reloads -- plus the
+      tokenizer's ``save_pretrained`` when one is given (or carried as ``model.tokenizer``);
+      written under a temporary name and renamed into place;
+    * a distilkit model: :func:`distilkit.checkpoint.save_model` -- one safetensors file with
+      the JSON config (and the distilkit tokenizer), reloaded by
+      :func:`distilkit.checkpoint.load_model`; written atomically.
+    """
+    adapt(model).save(path, tokenizer)

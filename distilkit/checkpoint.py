@@ -20,8 +20,8 @@ from safetensors.torch import save as st_save
 from .data import _Tokenizer, tokenizer_from_dict
 from .models import config_from_dict, config_to_dict, model_from_config
 
-__all__ = ["CheckpointError", "save_model", "save_pretrained", "load_model", "load_weights",
-           "write_checkpoint", "read_checkpoint", "read_checkpoint_meta", "atomic_write_bytes"]
+__all__ = ["CheckpointError", "save_model", "load_model", "load_weights", "write_checkpoint",
+           "read_checkpoint", "read_checkpoint_meta", "atomic_write_bytes"]
 
 FORMAT = "distilkit-v1"
 
@@ -152,20 +152,6 @@ def save_model(model: torch.nn.Module, path: Union[str, Path], tokenizer: Option
     if tokenizer is not None:
         meta["tokenizer"] = tokenizer.to_dict()
     write_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()}, meta)
-
-
-def save_pretrained(model, path: Union[str, Path], tokenizer=None) -> None:
-    """Export a trained model (e.g. a distilled student) in its own family's format.
-
-    * a Hugging Face model: ``model.save_pretrained(path)`` -- a folder with ``config.json`` and
-      safetensors weights that ``AutoModel*.from_pretrained(path)`` reloads -- plus the
-      tokenizer's ``save_pretrained`` when one is given (or carried as ``model.tokenizer``);
-    * a distilkit model: :func:`save_model` -- one safetensors file with the JSON config (and
-      the distilkit tokenizer), reloaded by :func:`load_model`.
-    """
-    from .adapters import adapt
-
-    adapt(model).save(path, tokenizer)
 
 
 def _model_state(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -28,8 +28,8 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .adapters import ModelAdapter, _check_ids, lm_examples_as_ids, seq2seq_examples_as_ids, token_ids
 from .data import collate_lm, collate_seq2seq
+from .protocol import ModelAdapter, check_batch_ids, lm_examples_as_ids, seq2seq_examples_as_ids, token_ids
 
 __all__ = ["HFCausalAdapter", "HFSeq2SeqAdapter", "hf_config_dict"]
 
@@ -170,7 +170,7 @@ class HFCausalAdapter(_HFAdapter):
 
     def collate(self, examples):
         batch = collate_lm(lm_examples_as_ids(examples), pad_id=self.pad_id)
-        _check_ids(batch, self.vocab_size)
+        check_batch_ids(batch, self.vocab_size)
         return batch
 
     def logits(self, batch):
@@ -251,7 +251,7 @@ class HFSeq2SeqAdapter(_HFAdapter):
 
     def collate(self, examples):
         batch = collate_seq2seq(seq2seq_examples_as_ids(examples), pad_id=self.pad_id, bos_id=self.bos_id)
-        _check_ids(batch, self.vocab_size)
+        check_batch_ids(batch, self.vocab_size)
         return batch
 
     def logits(self, batch):
