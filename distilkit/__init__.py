@@ -12,6 +12,9 @@ The public API, re-exported from the modules:
 * adapters    -- ``adapt``: one protocol for distilkit and Hugging Face models (``hf`` extra);
   ``save_pretrained`` exports a model in its family's format
 * vocab       -- ``check_vocab``: one tokenizer and output width for teacher and student
+* cache       -- ``cache_teacher_logits``, ``load_teacher_cache``: a top-k teacher cache on disk
+* distributed -- torchrun / DistributedDataParallel inside ``train`` (no public names)
+* userdata    -- the user's text and JSONL files, line-numbered errors
 
 The sub-modules are imported on first use (PEP 562): ``import distilkit`` is cheap and does
 not import torch, so ``distilkit --help`` answers at once. ``dk.X`` and ``from distilkit import X``
@@ -40,6 +43,12 @@ _EXPORTS = {
     "ModelAdapter": "adapters",
     "adapt": "adapters",
     "save_pretrained": "adapters",
+    # cache
+    "TeacherCache": "cache",
+    "CacheMismatchError": "cache",
+    "cache_teacher_logits": "cache",
+    "load_teacher_cache": "cache",
+    "topk_distillation_loss": "cache",
     # checkpoint
     "CheckpointError": "checkpoint",
     "load_model": "checkpoint",
@@ -115,14 +124,21 @@ _EXPORTS = {
 }
 
 # sub-modules used as ``dk.experiments``, ``dk.notebook``, ...
-_SUBMODULES = ("adapters", "checkpoint", "cli", "data", "experiments", "generate", "hf", "losses", "metrics",
-               "models", "notebook", "protocol", "train", "vocab")
+_SUBMODULES = ("adapters", "cache", "checkpoint", "cli", "data", "distributed", "experiments", "generate", "hf",
+               "losses", "metrics", "models", "notebook", "protocol", "train", "userdata", "vocab")
 
 __all__ = [*_EXPORTS, "experiments", "notebook"]
 
 if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _EXPORTS
     from . import experiments, notebook
     from .adapters import ModelAdapter, adapt, save_pretrained
+    from .cache import (
+        CacheMismatchError,
+        TeacherCache,
+        cache_teacher_logits,
+        load_teacher_cache,
+        topk_distillation_loss,
+    )
     from .checkpoint import CheckpointError, load_model, load_weights, save_model
     from .data import (
         IGNORE_INDEX,

@@ -517,8 +517,14 @@ class CacheTargets(Targets):
             raise TypeError("CacheTargets needs the batches its prepare() makes")
         return batch.batch, batch.teacher
 
-    def loss_sum(self, student_logits: torch.Tensor, teacher: TopKTeacher,
-                 labels: torch.Tensor) -> torch.Tensor:
+    def loss_sum(self, student_logits, teacher: TopKTeacher, labels: torch.Tensor,
+                 check_values: bool = False, alignment=None) -> torch.Tensor:
+        if alignment is not None:
+            raise ValueError("a teacher cache holds the teacher's own vocabulary; vocab_alignment "
+                             "does not apply to it")
+        if isinstance(student_logits, tuple):  # kd.memory_bounded: (hidden, weight, bias)
+            hidden, weight, bias = student_logits
+            student_logits = hidden @ weight.T + (bias if bias is not None else 0)
         kd = self.kd
         return topk_distillation_loss(student_logits, teacher, labels, alpha=kd.alpha,
                                       divergence=kd.divergence, beta=kd.beta,

@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -31,10 +31,22 @@ from tqdm.auto import tqdm
 from .adapters import ModelAdapter, adapt
 from .checkpoint import CheckpointError, read_checkpoint, read_checkpoint_meta, write_checkpoint
 from .data import IGNORE_INDEX, BatchIterator
+from .distributed import (
+    all_reduce_sum,
+    barrier,
+    maybe_no_sync,
+    process_device,
+    rank_slice,
+    setup_distributed,
+    wrap_model,
+)
 from .generate import beam_search, greedy, sample
 from .losses import DIVERGENCES, _check_temperature, _check_unit, distillation_loss
 from .models import _check_token_ids, config_to_dict
 from .vocab import VOCAB_ALIGNMENTS, VocabAlignment, check_teacher
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .cache import TeacherCache
 
 __all__ = [
     "TrainConfig",
@@ -194,6 +206,18 @@ class Targets:
     def __call__(self, batch, student: nn.Module):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def prepare(self, examples: Sequence, collate: Callable, vocab_size: Optional[int]):
+        """Called once before the first step with the training examples, the student's collate
+        and its vocabulary size; returns the ``(examples, collate)`` to train on. A teacher
+        cache checks itself against them here and indexes the examples to find its rows."""
+        return examples, collate
+
+    def loss_sum(self, logits, teacher_out, labels: torch.Tensor, check_values: bool = False,
+                 alignment: Optional[VocabAlignment] = None) -> torch.Tensor:
+        """The micro-batch's loss *summed* over counted tokens, from the student's output and
+        what ``__call__`` returned for the teacher (see :func:`_loss_sum`)."""
+        return _loss_sum(logits, teacher_out, labels, self.kd, check_values, alignment)
+
 
 class HardLabels(Targets):
     """Plain maximum likelihood on the batch's labels (how a teacher or a baseline is trained)."""
@@ -340,6 +364,24 @@ def default_collate(model: nn.Module) -> Callable:
         return adapt(model).collate
     except TypeError as exc:
         raise TypeError(f"pass collate= for this model: {exc}") from None
+
+
+def _rank_collate(collate: Callable, dist_state) -> Callable:
+    """Collate this rank's slice of a global batch (one process: the whole batch). A rank whose
+    slice is empty (the epoch's last, short batch) collates one example with every label
+    ignored: it adds nothing to the loss or the gradient but takes part in DDP's all-reduce."""
+    if not dist_state.enabled:
+        return collate
+
+    def fn(items):
+        mine = rank_slice(items, dist_state)
+        if mine:
+            return collate(mine)
+        batch = collate(list(items[:1]))
+        batch.labels.fill_(IGNORE_INDEX)
+        return batch
+
+    return fn
 
 
 def _lr_lambda(config: TrainConfig):
@@ -678,6 +720,8 @@ def train(
         raise ValueError("train_examples must not be empty")
     collate = adapter.collate
     device = resolve_device(config.device)
+    dist_state = setup_distributed(device)  # torchrun: WORLD_SIZE > 1
+    device = process_device(device, dist_state)
     torch.manual_seed(config.seed)
     model.to(device)
     if targets.teacher is not None:
@@ -689,7 +733,11 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     scaler = _grad_scaler(device, config)
-    iterator = BatchIterator(train_examples, config.batch_size, collate, seed=config.seed)
+    train_examples, train_collate = targets.prepare(train_examples, collate, vocab)
+    # every rank draws the same global batch of world_size x batch_size and keeps its slice
+    iterator = BatchIterator(train_examples, config.batch_size * dist_state.world_size,
+                             _rank_collate(train_collate, dist_state), seed=config.seed)
+    adapter.forward_module = wrap_model(model, dist_state, device)
     history, start, best = History(), 0, _Best()
     folder = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     if folder is not None and config.resume:
@@ -700,8 +748,8 @@ def train(
                 best = _resumed_best(folder, meta, history, device)
     kd = targets.kd
     t0 = time.perf_counter() - history.seconds
-    bar = tqdm(total=config.steps, initial=start, desc=config.desc, disable=not config.progress,
-               dynamic_ncols=True, leave=True)
+    bar = tqdm(total=config.steps, initial=start, desc=config.desc,
+               disable=not (config.progress and dist_state.is_main), dynamic_ncols=True, leave=True)
     model.train()
     try:
         for step in range(start, config.steps):
@@ -709,23 +757,30 @@ def train(
             host_batches = []
             loss_total = torch.zeros((), device=device)
             n_tokens = torch.zeros((), device=device)
-            for _ in range(config.grad_accum):
+            for micro in range(config.grad_accum):
                 host_batches.append(next(iterator))
                 batch = _to_device(host_batches[-1], device, vocab)
-                with _autocast(device, config):
-                    batch, teacher_logits = targets(batch, model)
-                    logits = _student_output(adapter, batch, teacher_logits, kd)
-                loss_sum = _loss_sum(logits, teacher_logits, batch.labels, kd, False, alignment)
-                (scaler.scale(loss_sum) if scaler is not None else loss_sum).backward()
+                # DDP: all-reduce the gradients once, after the last micro-batch
+                with maybe_no_sync(adapter.forward_module, last=micro == config.grad_accum - 1):
+                    with _autocast(device, config):
+                        batch, teacher_logits = targets(batch, model)
+                        logits = _student_output(adapter, batch, teacher_logits, kd)
+                    loss_sum = targets.loss_sum(logits, teacher_logits, batch.labels, False, alignment)
+                    (scaler.scale(loss_sum) if scaler is not None else loss_sum).backward()
                 loss_total += loss_sum.detach().float()
                 n_tokens += (batch.labels != IGNORE_INDEX).sum()
                 del batch, teacher_logits, logits, loss_sum
+            if dist_state.enabled:  # loss and token count of the whole step, over all ranks
+                loss_total, n_tokens = all_reduce_sum(torch.stack([loss_total, n_tokens.float()]), dist_state)
             if scaler is not None:
                 scaler.unscale_(optimizer)
             count = n_tokens.clamp(min=1)
+            # DDP averaged the ranks' gradient sums: dividing by count / world_size gives the
+            # sum over all ranks' tokens divided by their number, as one process would
+            divisor = count / dist_state.world_size if dist_state.enabled else count
             grads = [p.grad for p in params if p.grad is not None]
             for g in grads:
-                g.div_(count)
+                g.div_(divisor)
             if config.clip_norm is not None:
                 grad_finite = torch.isfinite(torch.nn.utils.clip_grad_norm_(params, config.clip_norm))
             elif grads:
@@ -773,10 +828,13 @@ def train(
             bar.update(1)
             history.seconds = time.perf_counter() - t0
             if folder is not None and (done % config.checkpoint_every == 0 or done == config.steps):
-                _save_state(folder, done, model, optimizer, scheduler, iterator, history, config, kd,
-                            scaler, best if config.restore_best else None)
+                if dist_state.is_main:  # one writer; the other ranks wait for the file
+                    _save_state(folder, done, model, optimizer, scheduler, iterator, history, config, kd,
+                                scaler, best if config.restore_best else None)
+                barrier(dist_state)
     finally:
         bar.close()
+        adapter.forward_module = model
     if config.restore_best and best.state is not None:
         model.load_state_dict(best.state)
     model.eval()
@@ -792,13 +850,13 @@ def _raise_for_loss(step, value, host_batches, adapter, targets, kd, device, con
             with _autocast(device, config):
                 batch, teacher_logits = targets(batch, adapter.model)
                 logits = adapter.logits(batch)
-            _loss_sum(logits, teacher_logits, batch.labels, kd, True, alignment)  # may raise ValueError
+            targets.loss_sum(logits, teacher_logits, batch.labels, True, alignment)  # may raise ValueError
     raise FloatingPointError(f"loss became {value} at step {step}; lower TrainConfig.lr or check the data")
 
 
 def distill(
     student: nn.Module,
-    teacher: nn.Module,
+    teacher: Union[nn.Module, "TeacherCache"],
     train_examples: Sequence,
     *,
     kd: Optional[KDConfig] = None,
@@ -816,7 +874,17 @@ def distill(
     ("lm") or (source, target) pairs ("seq2seq") of any lengths (see
     :mod:`distilkit.adapters`). Before the first step the output widths and, when known
     (``student_tokenizer`` / ``teacher_tokenizer``, or ``model.tokenizer``), the tokenizers are
-    compared (:mod:`distilkit.vocab`; ``kd.vocab_alignment`` for padded embeddings)."""
+    compared (:mod:`distilkit.vocab`; ``kd.vocab_alignment`` for padded embeddings).
+
+    ``teacher`` may instead be a :class:`~distilkit.cache.TeacherCache`
+    (:func:`~distilkit.cache.cache_teacher_logits` / :func:`~distilkit.cache.load_teacher_cache`)
+    built for exactly these ``train_examples``: the student then learns from the cached top-k
+    log-probabilities with no teacher in memory; ``kd.temperature`` defaults to the cache's."""
+    from .cache import CacheTargets, TeacherCache
+
+    if isinstance(teacher, TeacherCache):
+        return train(student, train_examples, config=config, targets=CacheTargets(teacher, kd),
+                     valid_examples=valid_examples, collate=collate)
     targets = TeacherLogits(teacher, kd, student_tokenizer=student_tokenizer,
                             teacher_tokenizer=teacher_tokenizer)
     return train(student, train_examples, config=config, targets=targets,

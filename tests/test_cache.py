@@ -184,3 +184,50 @@ def test_bad_arguments_and_broken_caches(tmp_path):
     (tmp_path / "c" / "manifest.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_teacher_cache(tmp_path / "c")
+
+
+def _cfg(**kw):
+    return dk.TrainConfig(steps=5, batch_size=4, lr=1e-2, warmup_steps=1, progress=False,
+                          device="cpu", **kw)
+
+
+def test_distill_from_cache_at_k_vocab_equals_live_teacher(tmp_path):
+    teacher, ex = _lm(0), _examples()
+    kd = dk.KDConfig(temperature=2.0, alpha=0.6)
+    cache = dk.cache_teacher_logits(teacher, ex, tmp_path / "c", top_k=V, temperature=2.0,
+                                    dtype=torch.float32, progress=False)
+    del teacher  # training from the cache needs no teacher
+    from_cache = _lm(1, d=8)
+    h1 = dk.distill(from_cache, dk.load_teacher_cache(tmp_path / "c"), ex, kd=kd, config=_cfg())
+    live = _lm(1, d=8)
+    h2 = dk.distill(live, _lm(0), ex, kd=kd, config=_cfg())
+    assert h1.train_loss == pytest.approx(h2.train_loss, rel=1e-5)
+    for k, v in live.state_dict().items():
+        assert torch.allclose(from_cache.state_dict()[k], v, atol=1e-5), k
+    assert cache.top_k == V
+
+
+def test_distill_from_small_k_cache_learns(tmp_path):
+    teacher, ex = _lm(0), _examples(40)
+    cache = dk.cache_teacher_logits(teacher, ex, tmp_path / "c", top_k=2, progress=False)
+    student = _lm(1, d=8)
+    hist = dk.distill(student, cache, ex, kd=dk.KDConfig(alpha=1.0),
+                      config=dk.TrainConfig(steps=30, batch_size=8, lr=1e-2, warmup_steps=1,
+                                            progress=False, device="cpu"))
+    assert hist.train_loss[-1] < 0.8 * hist.train_loss[0]
+
+
+def test_distill_refuses_a_foreign_cache_before_any_step(tmp_path):
+    teacher, ex = _lm(0), _examples()
+    cache = dk.cache_teacher_logits(teacher, ex, tmp_path / "c", top_k=3, progress=False)
+    student = _lm(1, d=8)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(CacheMismatchError, match="built for other examples"):
+        dk.distill(student, cache, _examples(seed=9), config=_cfg())
+    with pytest.raises(CacheMismatchError, match="temperature"):
+        dk.distill(student, cache, ex, kd=dk.KDConfig(temperature=3.0), config=_cfg())
+    torch.manual_seed(0)
+    wide = dk.TransformerLM(dk.TransformerConfig(vocab_size=V + 5, d_model=8, n_layers=1, n_heads=2))
+    with pytest.raises(CacheMismatchError, match="vocab size is 28"):
+        dk.distill(wide, cache, ex, config=_cfg())
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
