@@ -1,4 +1,4 @@
-"""Command line: ``distilkit demo | train | distill | generate | evaluate``.
+"""Command line: ``distilkit demo | train | distill | cache-teacher | generate | evaluate``.
 
 Only the standard library is imported at module level: ``distilkit --help`` and argument errors
 answer without importing torch; each command imports what it needs when it runs.
@@ -55,6 +55,17 @@ EPILOG = """examples:
   distilkit evaluate --model d2t-teacher
 
 --model and --teacher take a checkpoint file or the name of one shipped with distilkit (d2t-teacher).
+
+your own data and Hugging Face models (pip install "distilkit[hf]"):
+  distilkit train --preset lm-teacher --data notes.txt --out lm.safetensors
+  distilkit train --model ./my-gpt2 --data notes.txt --out ./my-gpt2-tuned
+  distilkit distill --teacher ./my-gpt2 --student ./tiny-gpt2 --data notes.txt --out ./student
+  distilkit distill --teacher d2t-teacher --data pairs.jsonl --out student.safetensors
+  distilkit cache-teacher --teacher ./my-gpt2 --data notes.txt --top-k 32 --out ./cache
+  distilkit distill --cache ./cache --student ./tiny-gpt2 --data notes.txt --out ./student
+
+--data: a text file (language models) or a .jsonl file of {"input": ..., "output": ...} lines
+(encoder-decoder models); a malformed line is an error naming its line number.
 """
 
 CHECKPOINT_HELP = "checkpoint file (.safetensors) or the name of a shipped one, e.g. d2t-teacher"
@@ -79,6 +90,14 @@ def _train_args(p: argparse.ArgumentParser, steps: int) -> None:
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     g.add_argument("--checkpoint-dir", help="save resumable training state here; rerun to resume")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("your data")
+    g.add_argument("--data", metavar="PATH",
+                   help="a text file (language models) or .jsonl of {\"input\": ..., \"output\": ...} "
+                        "lines (encoder-decoder models); the last 5%% is held out for validation")
+    g.add_argument("--block-size", type=int, default=128, help="tokens per language-model window (default 128)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,20 +130,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="text file for lm-* presets (default: Python's own help texts)")
     p.add_argument("--labelled", choices=["teacher", "student"], default="teacher",
                    help="d2t: the large teacher split (default) or the small student split")
+    p.add_argument("--model", metavar="NAME_OR_PATH",
+                   help="train this Hugging Face model (a name or a save_pretrained folder) instead of "
+                        "a preset; --out is then a folder")
+    _data_args(p)
     _train_args(p, 2000)
 
     p = sub.add_parser("distill", help="distil a teacher checkpoint into a smaller student",
                        description="Word-level KD (optionally on teacher-labelled transfer inputs) or "
                                    "sequence-level KD into a student preset.")
-    p.add_argument("--teacher", required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--teacher", help=CHECKPOINT_HELP + ", or a Hugging Face model name or folder")
+    p.add_argument("--cache", metavar="DIR",
+                   help="distil from a teacher cache written by cache-teacher instead of --teacher")
     p.add_argument("--preset", default="d2t-student", help="student preset (default d2t-student)")
+    p.add_argument("--student", metavar="NAME_OR_PATH",
+                   help="a Hugging Face student (name or folder) instead of --preset; --out is then a folder")
     p.add_argument("--out", required=True, help="where to save the student (.safetensors)")
     p.add_argument("--transfer", type=int, default=6000, help="d2t: unlabelled inputs labelled by the teacher")
     p.add_argument("--sequence-level", action="store_true",
                    help="d2t: train on the teacher's beam-search outputs only (Kim & Rush 2016)")
     p.add_argument("--corpus", help="text file for lm-* presets")
+    _data_args(p)
     _kd_args(p)
     _train_args(p, 1200)
+
+    p = sub.add_parser("cache-teacher", help="run a teacher once and store its top-k log-probabilities",
+                       description="Write the teacher's top-k next-token log-probabilities for every "
+                                   "target token of the data to a folder (safetensors shards + "
+                                   "manifest.json + the tokenizer), for `distill --cache`.")
+    p.add_argument("--teacher", required=True, help=CHECKPOINT_HELP + ", or a Hugging Face model name or folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="the cache folder (created or replaced)")
+    p.add_argument("--top-k", type=int, default=32, help="log-probabilities kept per token (default 32)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T > 0 (default 1)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _data_args(p)
 
     p = sub.add_parser("generate", help="decode with a saved model",
                        description="Generate text from a data-to-text MR or a language-model prompt. "
@@ -250,6 +291,10 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    if args.data or args.model:
+        from .cli_user import train_user
+
+        return train_user(args)
     config = _train_config(args, args.preset)
     _check_output(args.out, "--out")
     from .checkpoint import save_model
@@ -273,6 +318,10 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_distill(args) -> int:
+    from .cli_user import distill_user, wants_user_path
+
+    if wants_user_path(args):
+        return distill_user(args)
     kd, config = _kd_config(args), _train_config(args, "distil")
     _check_transfer(args)
     _check_output(args.out, "--out")
@@ -362,8 +411,14 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "distill": _cmd_distill, "generate": _cmd_generate,
-            "evaluate": _cmd_evaluate}
+def _cmd_cache_teacher(args) -> int:
+    from .cli_user import cache_teacher
+
+    return cache_teacher(args)
+
+
+COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "distill": _cmd_distill,
+            "cache-teacher": _cmd_cache_teacher, "generate": _cmd_generate, "evaluate": _cmd_evaluate}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -375,7 +430,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         _check_early(args)
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"distilkit {args.command}: error: {flag_message(str(exc))}", file=sys.stderr)
         return 2
 

@@ -29,6 +29,9 @@ __all__ = [
     "encode_lm_text",
     "encode_text_pairs",
     "load_user_examples",
+    "check_format",
+    "load_pretrained",
+    "split_off_valid",
 ]
 
 KEYS = ("input", "output")
@@ -162,6 +165,14 @@ def load_user_examples(path: Union[str, Path], tokenizer: Any, kind: str,
     A text file feeds a causal LM (windows of ``block_size + 1`` ids); a ``.jsonl`` file feeds
     a seq2seq model (``(source_ids, target_ids)`` pairs). The wrong pairing is refused.
     """
+    fmt = check_format(path, kind)
+    if fmt == "jsonl":
+        return encode_text_pairs(read_jsonl_pairs(path), tokenizer, path)
+    return encode_lm_text(read_text_file(path), tokenizer, block_size)
+
+
+def check_format(path: Union[str, Path], kind: str) -> str:
+    """The file's format (:func:`data_format`) if it suits a model of ``kind``; else an error."""
     fmt = data_format(path)
     if kind not in ("lm", "seq2seq"):
         raise ValueError(f"kind must be 'lm' or 'seq2seq', got {kind!r}")
@@ -171,9 +182,7 @@ def load_user_examples(path: Union[str, Path], tokenizer: Any, kind: str,
     if fmt == "text" and kind != "lm":
         raise ValueError(f"data file {path} is plain text, which feeds a language model; this "
                          f"model is a {kind!r} model: give it a .jsonl file of input/output pairs")
-    if fmt == "jsonl":
-        return encode_text_pairs(read_jsonl_pairs(path), tokenizer, path)
-    return encode_lm_text(read_text_file(path), tokenizer, block_size)
+    return fmt
 
 
 # ============================================================================ models by name

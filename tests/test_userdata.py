@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import torch
 
+import distilkit as dk
 from distilkit.data import CharTokenizer, WordTokenizer
 from distilkit.userdata import (
     DataFormatError,
@@ -139,3 +141,113 @@ def test_hf_tokenizer_pairs(tmp_path):
     [(src, tgt)] = load_user_examples(p, tok, "seq2seq")
     assert tok.decode(src) == "name : x"
     assert tgt[-1] == tok.eos_token_id and tok.decode(tgt[:-1]) == "a pub"
+
+
+# ============================================================================ the command line
+def _jsonl(tmp_path, n=30, bad=None):
+    lines = [json.dumps({"input": f"name : place {i % 7} | food : thai",
+                         "output": f"place {i % 7} serves thai food ."}) for i in range(n)]
+    if bad is not None:
+        lines[bad[0] - 1] = bad[1]
+    return _write(tmp_path, "pairs.jsonl", "\n".join(lines) + "\n")
+
+
+def test_cli_train_and_distill_on_user_jsonl(tmp_path, capsys):
+    from distilkit.cli import main
+
+    data = _jsonl(tmp_path)
+    teacher = tmp_path / "t.safetensors"
+    common = ["--data", str(data), "--steps", "2", "--batch-size", "4", "--no-progress",
+              "--device", "cpu"]
+    assert main(["train", "--preset", "d2t-tiny", "--out", str(teacher)] + common) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["train_examples"] == 29  # 30 lines, the last 5% (one) held out
+    student = tmp_path / "s.safetensors"
+    assert main(["distill", "--teacher", str(teacher), "--preset", "d2t-tiny", "--out", str(student)]
+                + common) == 0
+    model, tok, _ = dk.load_model(student)
+    assert tok.encode("place 3 serves thai food .", unknown="error")  # the data's own vocabulary
+
+
+def test_cli_malformed_line_is_named_and_nothing_trains(tmp_path, capsys):
+    from distilkit.cli import main
+
+    data = _jsonl(tmp_path, bad=(17, '{"input": "x", "output": 5}'))
+    out = tmp_path / "t.safetensors"
+    rc = main(["train", "--preset", "d2t-tiny", "--data", str(data), "--out", str(out),
+               "--steps", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"{data}, line 17: 'output' must be a string, got int" in err
+    assert not out.exists()
+
+
+def test_cli_text_file_for_a_language_model(tmp_path, capsys):
+    from distilkit.cli import main
+
+    text = _write(tmp_path, "notes.txt", "the quick brown fox jumps over the lazy dog. " * 60)
+    out = tmp_path / "lm.safetensors"
+    assert main(["train", "--preset", "lm-student", "--data", str(text), "--block-size", "32",
+                 "--out", str(out), "--steps", "2", "--batch-size", "4", "--no-progress",
+                 "--device", "cpu"]) == 0
+    model, tok, _ = dk.load_model(out)
+    assert model.kind == "lm" and tok.kind == "char"
+    # a text file for an encoder-decoder preset is refused, naming both sides
+    rc = main(["train", "--preset", "d2t-tiny", "--data", str(text), "--out", str(out),
+               "--steps", "1", "--no-progress"])
+    assert rc == 2 and "give it a .jsonl file" in capsys.readouterr().err
+
+
+def _hf_gpt2(tmp_path, name, n_embd, text):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.train_from_iterator([text], trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<eos>"]))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", pad_token="<pad>",
+                                               unk_token="<unk>")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=n_embd, n_layer=1, n_head=2,
+                                  bos_token_id=2, eos_token_id=2, pad_token_id=0)
+    folder = tmp_path / name
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_cli_cache_teacher_then_distill_from_cache_with_hf_models(tmp_path, capsys):
+    from distilkit.cli import main
+
+    text = "the quick brown fox jumps over the lazy dog and the cat . " * 40
+    teacher = _hf_gpt2(tmp_path, "teacher", 32, text)
+    student = _hf_gpt2(tmp_path, "student", 16, text)
+    data = _write(tmp_path, "notes.txt", text)
+    cache = tmp_path / "cache"
+    assert main(["cache-teacher", "--teacher", str(teacher), "--data", str(data), "--block-size", "16",
+                 "--top-k", "4", "--out", str(cache), "--no-progress", "--device", "cpu"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["top_k"] == 4 and info["tokens"] > 0
+    m = dk.load_teacher_cache(cache).manifest
+    assert m["teacher"] == str(teacher) and m["kind"] == "lm"
+    out = tmp_path / "distilled"
+    assert main(["distill", "--cache", str(cache), "--student", str(student), "--data", str(data),
+                 "--block-size", "16", "--out", str(out), "--steps", "2", "--batch-size", "4",
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    # other data than the cache was built for is refused
+    other = _write(tmp_path, "other.txt", text.replace("fox", "cat"))
+    rc = main(["distill", "--cache", str(cache), "--student", str(student), "--data", str(other),
+               "--block-size", "16", "--out", str(out), "--steps", "1", "--no-progress"])
+    assert rc == 2 and "built for other examples" in capsys.readouterr().err
+    # --top-k is checked against the teacher's vocabulary, named as the flag
+    rc = main(["cache-teacher", "--teacher", str(teacher), "--data", str(data), "--top-k", "100000",
+               "--out", str(tmp_path / "c2"), "--no-progress"])
+    assert rc == 2 and "--top-k must be an int in [1, " in capsys.readouterr().err
+
+
+def test_cli_distill_needs_a_teacher_or_a_cache(tmp_path, capsys):
+    from distilkit.cli import main
+
+    rc = main(["distill", "--out", str(tmp_path / "s.safetensors"), "--no-progress"])
+    assert rc == 2 and "--teacher or --cache is required" in capsys.readouterr().err
