@@ -450,3 +450,14 @@ def test_hf_training_checkpoints_and_resumes(tmp_path):
     dk.train(model, LM_EXAMPLES, config=cfg(steps=2, batch_size=2, checkpoint_dir=str(tmp_path)))
     hist = dk.train(model, LM_EXAMPLES, config=cfg(steps=4, batch_size=2, checkpoint_dir=str(tmp_path)))
     assert hist.step == [1, 2, 3, 4]
+
+
+def test_on_policy_and_sequence_level_kd_with_hf_seq2seq():
+    student, teacher = t5(seed=0), t5(seed=1)
+    eos = adapt(student).eos_id
+    targets = dk.OnPolicyTargets(teacher, dk.KDConfig(alpha=1.0, divergence="jsd"), lam=1.0, max_new_tokens=3)
+    hist = dk.train(student, s2s_examples(eos), targets=targets, config=cfg(steps=2, batch_size=3))
+    assert all(torch.isfinite(torch.tensor(hist.train_loss)))
+    pairs = dk.sequence_level_data(teacher, [[5, 6, 7], [8]], method="greedy", max_new_tokens=4, progress=False)
+    assert pairs and all(tgt[-1] == eos and len(tgt) <= 5 for _, tgt in pairs)
+    dk.train(student, pairs, config=cfg(steps=1, batch_size=2))
