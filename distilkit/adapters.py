@@ -92,8 +92,8 @@ class _DistilkitAdapter(ModelAdapter):
     def config_dict(self) -> Optional[dict]:
         return config_to_dict(self.model.config) if hasattr(self.model, "config") else None
 
-    def save(self, path, tokenizer=None) -> None:
-        save_model(self.model, path, tokenizer)
+    def save(self, path, tokenizer=None, extra=None) -> None:
+        save_model(self.model, path, tokenizer, extra=extra)
 
 
 class DistilkitLMAdapter(_DistilkitAdapter):
@@ -159,8 +159,8 @@ class CollateAdapter(ModelAdapter):
             return self._base.config_dict()
         return None
 
-    def save(self, path, tokenizer=None):
-        self._need_base("export").save(path, tokenizer)
+    def save(self, path, tokenizer=None, extra=None):
+        self._need_base("export").save(path, tokenizer, extra)
 
 
 # ============================================================================ dispatch
@@ -218,15 +218,17 @@ def adapt(model: Union[nn.Module, ModelAdapter], *, collate: Optional[Callable] 
     return base
 
 
-def save_pretrained(model: Union[nn.Module, ModelAdapter], path: Union[str, Path], tokenizer: Any = None) -> None:
-    """Export a trained model (e.g. a distilled student) in its own family's format.
+def save_pretrained(model: Union[nn.Module, ModelAdapter], path: Union[str, Path], tokenizer: Any = None,
+                    extra: Optional[dict] = None) -> None:
+    """Export a trained model (e.g. a distilled student) in its own family's format, with
+    ``extra`` JSON metadata (e.g. the training history) when given.
 
     * a Hugging Face model: ``model.save_pretrained(path)`` -- a folder with ``config.json`` and
       safetensors weights that ``AutoModel*.from_pretrained(path)`` reloads -- plus the
-      tokenizer's ``save_pretrained`` when one is given (or carried as ``model.tokenizer``);
-      written under a temporary name and renamed into place;
+      tokenizer's ``save_pretrained`` when one is given (or carried as ``model.tokenizer``), and
+      ``extra`` as ``distilkit.json``; written under a temporary name and renamed into place;
     * a distilkit model: :func:`distilkit.checkpoint.save_model` -- one safetensors file with
       the JSON config (and the distilkit tokenizer), reloaded by
       :func:`distilkit.checkpoint.load_model`; written atomically.
     """
-    adapt(model).save(path, tokenizer)
+    adapt(model).save(path, tokenizer, extra)

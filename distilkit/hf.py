@@ -110,9 +110,9 @@ class _HFAdapter(ModelAdapter):
     def config_dict(self) -> dict:
         return hf_config_dict(self.model)
 
-    def save(self, path: Union[str, Path], tokenizer: Optional[Any] = None) -> None:
-        """``save_pretrained`` into the folder ``path`` (safetensors weights + config.json), and the
-        tokenizer's own ``save_pretrained`` when it has one.
+    def save(self, path: Union[str, Path], tokenizer: Optional[Any] = None, extra: Optional[dict] = None) -> None:
+        """``save_pretrained`` into the folder ``path`` (safetensors weights + config.json), the
+        tokenizer's own ``save_pretrained`` when it has one, and ``extra`` as ``distilkit.json``.
 
         The folder is written beside ``path`` under a temporary name and renamed into place, so
         a crash leaves the previous export (or nothing), never a half-written folder."""
@@ -130,6 +130,8 @@ class _HFAdapter(ModelAdapter):
             self.model.save_pretrained(str(tmp))
             if tok is not None:
                 tok.save_pretrained(str(tmp))
+            if extra is not None:
+                (tmp / "distilkit.json").write_text(json.dumps(extra) + "\n")
             if path.exists():
                 path.rename(old)
             tmp.rename(path)

@@ -176,6 +176,8 @@ class ModelAdapter:
         """The model's configuration as JSON-able data; equal after a JSON round trip."""
         raise NotImplementedError
 
-    def save(self, path: Union[str, Path], tokenizer: Optional[Any] = None) -> None:
-        """Export the model (and a tokenizer) in its family's own format."""
+    def save(self, path: Union[str, Path], tokenizer: Optional[Any] = None,
+             extra: Optional[dict] = None) -> None:
+        """Export the model (and a tokenizer, and ``extra`` JSON metadata such as the training
+        history) in its family's own format."""
         raise NotImplementedError(f"{type(self).__name__} cannot export its model")

@@ -41,7 +41,7 @@ from .distributed import (
     wrap_model,
 )
 from .generate import beam_search, greedy, sample
-from .losses import DIVERGENCES, _check_temperature, _check_unit, distillation_loss
+from .losses import DIVERGENCES, _check_temperature, _check_unit, distillation_loss, linear_distillation_loss
 from .models import _check_token_ids, config_to_dict
 from .vocab import VOCAB_ALIGNMENTS, VocabAlignment, check_teacher
 
@@ -489,6 +489,11 @@ def _student_output(adapter: ModelAdapter, batch, teacher_logits, kd: Optional[K
     """The student's logits (batch, seq, vocab) -- or, for ``kd.memory_bounded`` distillation,
     its ``(hidden, weight, bias)`` (:meth:`ModelAdapter.hidden_and_head`)."""
     if teacher_logits is not None and kd is not None and kd.memory_bounded:
+        if adapter.forward_module is not adapter.model:
+            raise ValueError(
+                "KDConfig.memory_bounded is not supported under DistributedDataParallel: the hidden states "
+                "are computed outside the wrapper's forward, so the ranks' gradients would not be "
+                "synchronised; use memory_bounded=False with torchrun")
         return adapter.hidden_and_head(batch)
     return adapter.logits(batch)
 
@@ -501,8 +506,6 @@ def _loss_sum(logits, teacher_logits, labels, kd: Optional[KDConfig], check_valu
     ``alignment`` brings student and teacher columns to one width. ``check_values=False``
     skips the loss's value checks, which read tensors back to the host."""
     if isinstance(logits, tuple):
-        from .losses import linear_distillation_loss
-
         hidden, weight, bias = logits
         if alignment is not None:
             weight, bias = alignment.student_head(weight, bias)

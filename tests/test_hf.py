@@ -7,6 +7,8 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 
+import json  # noqa: E402
+
 import torch  # noqa: E402
 
 import distilkit as dk  # noqa: E402
@@ -421,8 +423,10 @@ def test_save_pretrained_round_trip_causal(tmp_path):
     student = gpt2()
     dk.train(student, LM_EXAMPLES, config=cfg(steps=2))
     tok = hf_tokenizer(["red", "green"])
-    dk.save_pretrained(student, tmp_path / "student", tokenizer=tok)
+    dk.save_pretrained(student, tmp_path / "student", tokenizer=tok, extra={"steps": 2})
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
+    assert json.loads((tmp_path / "student" / "distilkit.json").read_text()) == {"steps": 2}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
     ids = torch.tensor([[5, 6, 7, 8]])
     assert torch.equal(student.eval()(input_ids=ids).logits, again(input_ids=ids).logits)
     assert transformers.AutoTokenizer.from_pretrained(tmp_path / "student").get_vocab() == tok.get_vocab()
@@ -439,8 +443,9 @@ def test_save_pretrained_round_trip_seq2seq(tmp_path):
 
 def test_save_pretrained_distilkit_model(tmp_path):
     model = dk.TransformerLM(dk.TransformerConfig(vocab_size=V, d_model=16, n_layers=1, n_heads=2, max_len=32))
-    dk.save_pretrained(model, tmp_path / "m.safetensors")
-    again, _, _ = dk.load_model(tmp_path / "m.safetensors")
+    dk.save_pretrained(model, tmp_path / "m.safetensors", extra={"steps": 0})
+    again, _, meta = dk.load_model(tmp_path / "m.safetensors")
+    assert meta["extra"] == {"steps": 0}
     ids = torch.tensor([[5, 6, 7]])
     assert torch.equal(model.eval()(ids), again(ids))
 
