@@ -66,14 +66,15 @@ def test_two_processes_match_one_with_doubled_batch(tmp_path, distill):
     diff = _max_diff(two["state"], one["state"])
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
     assert two["valid"] == pytest.approx(one["valid"], rel=1e-5)
-    # one process with the *undoubled* batch ends elsewhere: the scale of a real difference
-    half, _ = _run(tmp_path, "half", world=1, batch_size=3, distill=distill)
-    other = _max_diff(half["state"], one["state"])
-    print(f"max |w_2proc - w_1proc| = {diff:.3g}; batch 3 vs 6 in one process: {other:.3g}")
+    print(f"max |w_2proc - w_1proc| = {diff:.3g}")
     # float32 sums in another order; Adam turns near-zero gradients into lr-sized steps,
     # so rounding shows up at ~1e-5 after 6 steps of lr 1e-2
     assert diff < 1e-4
-    assert other > 100 * diff
+    if not distill:  # one process with the *undoubled* batch ends elsewhere: a real difference
+        half, _ = _run(tmp_path, "half", world=1, batch_size=3)
+        other = _max_diff(half["state"], one["state"])
+        print(f"batch 3 vs 6 in one process: {other:.3g}")
+        assert other > 100 * diff
     assert log2.count("train") >= 1  # rank 0 shows one progress bar ...
     assert log2.count(" 0/6 ") == 1  # ... and only rank 0 (each bar starts at 0/6 once)
 
