@@ -326,6 +326,7 @@ def _cmd_distill(args) -> int:
     _check_transfer(args)
     _check_output(args.out, "--out")
     teacher_path = _checkpoint(args.teacher, "--teacher")
+    from .adapters import adapt
     from .checkpoint import load_model, save_model
     from .data import make_data_to_text
     from .models import count_parameters, make_model
@@ -334,7 +335,7 @@ def _cmd_distill(args) -> int:
     teacher, tok, _ = load_model(teacher_path)
     if tok is None:
         raise ValueError(f"--teacher {args.teacher} has no tokenizer stored; save it with save_model(..., tokenizer)")
-    if teacher.kind == "lm":
+    if adapt(teacher).kind == "lm":
         _, tr, va = _lm_examples(tok, args.corpus)
     else:
         data = make_data_to_text()
@@ -361,16 +362,18 @@ def _cmd_generate(args) -> int:
     model_path = _checkpoint(args.model, "--model")
     import torch
 
+    from .adapters import adapt
     from .checkpoint import load_model
     from .generate import generate
 
     model, tok, _ = load_model(model_path)
     if tok is None:
         raise ValueError(f"--model {args.model} has no tokenizer stored")
-    flag = "--mr" if model.kind == "seq2seq" else "--prompt"
-    text = args.mr if model.kind == "seq2seq" else args.prompt
+    kind = adapt(model).kind
+    flag = "--mr" if kind == "seq2seq" else "--prompt"
+    text = args.mr if kind == "seq2seq" else args.prompt
     if not text:
-        raise ValueError(f"{flag} is required for this {model.kind} model")
+        raise ValueError(f"{flag} is required for this {kind} model")
     try:
         ids = tok.encode(text, unknown="error")
     except ValueError as exc:
@@ -386,19 +389,20 @@ def _cmd_generate(args) -> int:
         kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                       generator=torch.Generator().manual_seed(args.seed))
     out = generate(model, [ids], method=args.method, **kwargs)[0]
-    print((text if model.kind == "lm" else "") + tok.decode(out))
+    print((text if kind == "lm" else "") + tok.decode(out))
     return 0
 
 
 def _cmd_evaluate(args) -> int:
     model_path = _checkpoint(args.model, "--model")
+    from .adapters import adapt
     from .checkpoint import load_model
     from .data import make_data_to_text
     from .experiments import evaluate_d2t
     from .metrics import perplexity
 
     model, tok, _ = load_model(model_path)
-    if model.kind == "lm":
+    if adapt(model).kind == "lm":
         _, _, va = _lm_examples(tok, args.corpus)
         print(json.dumps({"perplexity": round(perplexity(model, va), 3)}))
         return 0

@@ -109,15 +109,9 @@ def _check_out(args, folder: bool) -> None:
 
 
 def _save(model, tok, args, extra: dict) -> None:
-    from .adapters import adapt
-    from .checkpoint import save_model
+    from .adapters import save_pretrained
 
-    adapter = adapt(model)
-    if type(adapter).__module__.endswith(".hf"):
-        adapter.save(args.out, tok)
-        Path(args.out, "distilkit.json").write_text(json.dumps(extra) + "\n")
-    else:
-        save_model(model, args.out, tok, extra=extra)
+    save_pretrained(model, args.out, tok, extra=extra)  # a folder for HF models, a file for distilkit's
 
 
 def train_user(args) -> int:
