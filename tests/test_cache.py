@@ -231,3 +231,35 @@ def test_distill_refuses_a_foreign_cache_before_any_step(tmp_path):
     with pytest.raises(CacheMismatchError, match="vocab size is 28"):
         dk.distill(wide, cache, ex, config=_cfg())
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bart"])
+def test_hf_models_cache_at_k_vocab_equals_live_teacher(tmp_path, family):
+    transformers = pytest.importorskip("transformers")
+    vocab = 40
+
+    def model(seed, width):
+        torch.manual_seed(seed)
+        if family == "gpt2":
+            return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+                vocab_size=vocab, n_positions=32, n_embd=width, n_layer=1, n_head=2,
+                bos_token_id=2, eos_token_id=2, pad_token_id=0))
+        return transformers.BartForConditionalGeneration(transformers.BartConfig(
+            vocab_size=vocab, d_model=width, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+            decoder_ffn_dim=32, max_position_embeddings=32, pad_token_id=0, bos_token_id=1,
+            eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None))
+
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, vocab, (int(n),), generator=g).tolist()
+            for n in torch.randint(3, 12, (12,), generator=g)]
+    ex = seqs if family == "gpt2" else [(s, s[::-1] + [2]) for s in seqs]
+    cache = dk.cache_teacher_logits(model(0, 32), ex, tmp_path / "c", top_k=vocab,
+                                    dtype=torch.float32, progress=False)
+    assert cache.manifest["kind"] == ("lm" if family == "gpt2" else "seq2seq")
+    a, b = model(1, 16), model(1, 16)
+    kd = dk.KDConfig(alpha=0.5)
+    dk.distill(a, cache, ex, kd=kd, config=_cfg())
+    dk.distill(b, model(0, 32), ex, kd=kd, config=_cfg())
+    for k, v in b.state_dict().items():
+        assert torch.allclose(a.state_dict()[k], v, atol=1e-5), k
