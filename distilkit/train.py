@@ -240,7 +240,10 @@ class TeacherLogits(Targets):
                  student_tokenizer=None, teacher_tokenizer=None):
         if not isinstance(teacher, (nn.Module, ModelAdapter)):
             raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
-        self.adapter = adapt(teacher)
+        try:
+            self.adapter = adapt(teacher)
+        except TypeError:  # any module called as teacher(batch) on the student's batches
+            self.adapter = adapt(teacher, collate=_no_collate)
         self.teacher = self.adapter.model
         self.kd = kd or KDConfig()
         self.student_tokenizer, self.teacher_tokenizer = student_tokenizer, teacher_tokenizer
@@ -249,6 +252,10 @@ class TeacherLogits(Targets):
     def __call__(self, batch, student):
         self.teacher.eval()
         return batch, self.adapter.logits(batch)
+
+
+def _no_collate(examples):
+    raise TypeError("this teacher has no collate of its own: it scores the student's batches")
 
 
 class OnPolicyTargets(Targets):
