@@ -12,6 +12,7 @@ in ``cache-teacher`` and ``distill --cache``; the cache refuses anything else.
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any, Tuple
@@ -27,7 +28,13 @@ def _is_hf_spec(value: str) -> bool:
     from .experiments import shipped_checkpoints
 
     p = Path(value)
-    return p.is_dir() or not (p.is_file() or value in shipped_checkpoints())
+    if p.is_dir():
+        return True
+    if p.is_file() or value in shipped_checkpoints():
+        return False
+    if p.suffix == ".safetensors" or difflib.get_close_matches(value, shipped_checkpoints(), n=1, cutoff=0.8):
+        return False  # a missing checkpoint file or a misspelt shipped name: say so, don't ask the hub
+    return True
 
 
 def wants_user_path(args) -> bool:
@@ -47,7 +54,10 @@ def _load(value: str, flag: str) -> Tuple[Any, Any]:
         try:
             return load_pretrained(value)
         except (FileNotFoundError, ImportError) as exc:
-            raise type(exc)(f"{flag} {exc}") from None
+            from .experiments import shipped_checkpoints
+
+            raise type(exc)(f"{flag} {exc}; nor is it a shipped checkpoint (shipped: "
+                            f"{', '.join(shipped_checkpoints())})") from None
     from .checkpoint import load_model
     from .cli import _checkpoint
 
