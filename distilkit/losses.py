@@ -216,13 +216,13 @@ def _kl_to_mixture(log_a: torch.Tensor, log_b: torch.Tensor, w: float, need_a: b
     if need_a:
         grad_a = (log_a - log_m).add_(1.0)
         if w > 0:
-            grad_a.sub_((log_a - log_m).exp_().mul_(w))
+            grad_a.sub_((log_a - log_m).add_(math.log(w)).exp_())  # w a / m <= 1: no overflow
         grad_a = grad_a.mul_(a).masked_fill_(absent, 0.0)
     if need_b:
         if w == 0:
             grad_b = a.neg_().masked_fill_(absent, 0.0)
         else:
-            grad_b = (log_b - log_m).exp_().mul_(a).mul_(-(1.0 - w)).masked_fill_(absent, 0.0)
+            grad_b = (log_b - log_m).add_(math.log1p(-w)).exp_().mul_(a).neg_().masked_fill_(absent, 0.0)
     return values, grad_a, grad_b
 
 
