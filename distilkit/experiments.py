@@ -46,7 +46,7 @@ def checkpoint_path(name: str) -> Path:
     return Path(str(resources.files("distilkit") / "checkpoints" / f"{name}.safetensors"))
 
 
-_MADE_BY_SCRIPTS = ("d2t-teacher",)  # what scripts/train_checkpoints.py makes
+_MADE_BY_SCRIPTS = ("d2t-teacher", "lm-teacher")  # what scripts/train_checkpoints.py makes
 
 
 def shipped_checkpoints() -> List[str]:

@@ -345,7 +345,7 @@ PRESETS = {
     "d2t-tiny": (Seq2SeqConfig, dict(embed_dim=32, hidden_dim=48, encoder_layers=1,
                                      decoder_layers=1, dropout=0.0)),
     # character-level language modelling on English text
-    "lm-teacher": (TransformerConfig, dict(d_model=128, n_layers=4, n_heads=4, max_len=256, dropout=0.1)),
+    "lm-teacher": (TransformerConfig, dict(d_model=128, n_layers=6, n_heads=4, max_len=256, dropout=0.1)),
     "lm-student": (TransformerConfig, dict(d_model=64, n_layers=1, n_heads=4, max_len=256, dropout=0.0)),
 }
 

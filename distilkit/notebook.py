@@ -14,7 +14,7 @@ import torch
 
 from .train import resolve_device
 
-__all__ = ["NotebookSetup", "setup", "progress_wanted"]
+__all__ = ["NotebookSetup", "setup", "progress_wanted", "load_results", "metric_by_method", "Comparison", "compare"]
 
 _FALSE = ("0", "false", "no", "off")
 
@@ -76,3 +76,69 @@ def setup(seed: int = 0, threads: int = 1) -> NotebookSetup:
     except ImportError:  # matplotlib is only in the book extra
         pass
     return NotebookSetup(seed=seed, device=device, full=full, progress=progress_wanted())
+
+
+# ---------------------------------------------------------------------------- results as data
+def load_results(name: str) -> dict:
+    """The experiment results file ``results/<name>.json`` of the book's repository, written by
+    ``benchmarks/<script>.py`` in full mode: ``{"command", "machine", "torch", "seeds", "runs"}``.
+
+    Looked for beside the package's source checkout, then in the working directory and its
+    parents (a notebook runs from ``book/``). Raises ``FileNotFoundError`` naming the script
+    that writes it."""
+    import json
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent
+    for folder in [here, Path.cwd(), *Path.cwd().parents]:
+        path = folder / "results" / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    raise FileNotFoundError(f"results/{name}.json not found; it is written by the full mode of the "
+                            f"script in benchmarks/ (see its --help)")
+
+
+def metric_by_method(runs, metric: str) -> dict:
+    """``{method: [value per seed, in seed order]}`` of one metric from a results file's runs."""
+    out: dict = {}
+    for r in sorted(runs, key=lambda r: (r.get("seed") is None, r.get("seed") or 0)):
+        if r.get(metric) is not None:
+            out.setdefault(r["method"], []).append(float(r[metric]))
+    return out
+
+
+@dataclass
+class Comparison:
+    """Method A against method B over seeds (see :func:`compare`)."""
+
+    effect: float  #: mean(A) - mean(B), in the metric's units
+    spread: float  #: the larger of the two seed standard deviations
+    per_seed: list  #: A - B for each seed (paired by seed)
+    verdict: str  #: "A better", "B better" or "inconclusive"
+
+    def __str__(self) -> str:
+        seeds = ", ".join(f"{d:+.2f}" for d in self.per_seed)
+        return f"{self.effect:+.2f} (seed spread {self.spread:.2f}; per seed {seeds}): {self.verdict}"
+
+
+def compare(a, b, higher_is_better: bool = True) -> Comparison:
+    """Compare two methods' per-seed values of one metric (equal length, paired by seed).
+
+    The effect is the difference of the means; it counts only when it is larger than the seed
+    spread (the larger sample standard deviation of the two) *and* every seed agrees on its
+    sign. Otherwise the verdict is "inconclusive"."""
+    import statistics
+
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"a and b must hold one value per seed for the same >= 2 seeds, got {len(a)} and {len(b)}")
+    effect = statistics.fmean(a) - statistics.fmean(b)
+    spread = max(statistics.stdev(a), statistics.stdev(b))
+    diffs = [x - y for x, y in zip(a, b)]
+    signed = effect if higher_is_better else -effect
+    same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+    if abs(effect) <= spread or not same_sign:
+        verdict = "inconclusive"
+    else:
+        verdict = "A better" if signed > 0 else "B better"
+    return Comparison(effect, spread, diffs, verdict)

@@ -259,10 +259,16 @@ def _no_collate(examples):
 
 
 class OnPolicyTargets(Targets):
-    """On-policy KD (GKD, Agarwal et al. 2024) for encoder-decoder students: with probability
-    ``lam`` a batch's targets are replaced by sequences *sampled from the student itself*, and
-    the teacher scores every position of them; otherwise the batch keeps its own targets.
-    The student thus learns to recover from its own mistakes (exposure bias).
+    """On-policy KD (GKD, Agarwal et al. 2024): with probability ``lam`` a batch's targets are
+    replaced by sequences *sampled from the student itself*, and the teacher scores every
+    sampled position; otherwise the batch keeps its own targets. The student thus learns to
+    recover from its own mistakes (exposure bias).
+
+    * Encoder-decoder pairs: the student describes each source, up to ``max_new_tokens``
+      tokens.
+    * Decoder-only pairs (``TransformerLM``, Hugging Face causal models): the first
+      ``prompt_tokens`` tokens of each window are the prompt (default: half the window) and
+      the student continues it to the window's length; only the continuation is scored.
 
     The labels of a sampled batch are the student's own tokens, so use ``kd.alpha = 1`` (the
     divergence alone); GKD pairs this with ``divergence="jsd"`` or ``"reverse_kl"``.
@@ -270,30 +276,62 @@ class OnPolicyTargets(Targets):
     """
 
     def __init__(self, teacher: nn.Module, kd: Optional[KDConfig] = None, lam: float = 0.5,
-                 max_new_tokens: int = 80, sample_temperature: float = 1.0):
+                 max_new_tokens: int = 80, sample_temperature: float = 1.0,
+                 prompt_tokens: Optional[int] = None):
         try:
             self.adapter = adapt(teacher)
         except TypeError:
             self.adapter = None
-        if self.adapter is None or self.adapter.kind != "seq2seq":
-            raise TypeError("OnPolicyTargets needs an encoder-decoder teacher (Seq2SeqLSTM or an HF "
-                            f"encoder-decoder model), got {type(teacher).__name__}")
+        if self.adapter is None or self.adapter.kind not in ("seq2seq", "lm"):
+            raise TypeError("OnPolicyTargets needs a teacher of a known kind (an encoder-decoder or a "
+                            f"decoder-only model), got {type(teacher).__name__}")
         _check_unit("lam", lam, False, False)
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        if prompt_tokens is not None and (not isinstance(prompt_tokens, int) or isinstance(prompt_tokens, bool)
+                                          or prompt_tokens < 1):
+            raise ValueError(f"prompt_tokens must be a positive int or None (half of each window), "
+                             f"got {prompt_tokens!r}")
         self.teacher, self.kd, self.lam = self.adapter.model, kd or KDConfig(alpha=1.0), float(lam)
         self.max_new_tokens, self.sample_temperature = max_new_tokens, sample_temperature
+        self.prompt_tokens = prompt_tokens
+
+    def _seq2seq_samples(self, batch, student):
+        srcs = [row[:n].tolist() for row, n in zip(batch.src.cpu(), batch.src_lengths.tolist())]
+        samples = sample(student, srcs, max_new_tokens=self.max_new_tokens, temperature=self.sample_temperature)
+        s_ad = adapt(student)
+        return s_ad.collate([(s, y + [s_ad.eos_id]) for s, y in zip(srcs, samples)])
+
+    def _lm_samples(self, batch, student):
+        ids, labels = batch.input_ids.cpu(), batch.labels.cpu()
+        lengths = (labels != IGNORE_INDEX).sum(1).tolist() if batch.attention_mask is None else \
+            batch.attention_mask.cpu().sum(1).tolist()
+        windows = [row[:n].tolist() + [int(lab[n - 1])] for row, lab, n in zip(ids, labels, lengths)]
+        shortest = min(len(w) for w in windows)
+        prompt = self.prompt_tokens if self.prompt_tokens is not None else max(1, shortest // 2)
+        if prompt >= shortest:
+            raise ValueError(f"prompt_tokens = {prompt} leaves nothing to sample in a window of "
+                             f"{shortest} tokens; use a smaller prompt_tokens")
+        new = shortest - prompt
+        samples = sample(student, [w[:prompt] for w in windows], max_new_tokens=new,
+                         temperature=self.sample_temperature)
+        s_ad = adapt(student)
+        stop = [] if s_ad.eos_id is None else [s_ad.eos_id]  # a sample that ended keeps its <eos>
+        out = s_ad.collate([w[:prompt] + y + (stop if len(y) < new else []) for w, y in zip(windows, samples)])
+        out.labels[:, : prompt - 1] = IGNORE_INDEX  # the prompt is data: score the continuation only
+        return out
 
     @torch.no_grad()
     def __call__(self, batch, student):
         self.teacher.eval()
         if float(torch.rand(())) < self.lam:
-            device = batch.src.device
-            srcs = [row[:n].tolist() for row, n in zip(batch.src.cpu(), batch.src_lengths.tolist())]
+            device = batch.labels.device
             was = student.training
-            samples = sample(student, srcs, max_new_tokens=self.max_new_tokens,
-                             temperature=self.sample_temperature)
-            student.train(was)
-            s_ad = adapt(student)
-            batch = s_ad.collate([(s, y + [s_ad.eos_id]) for s, y in zip(srcs, samples)]).to(device)
+            make = self._lm_samples if self.adapter.kind == "lm" else self._seq2seq_samples
+            try:
+                batch = make(batch, student).to(device)
+            finally:
+                student.train(was)
         return batch, self.adapter.logits(batch)
 
 

@@ -1,0 +1,62 @@
+"""What the experiment scripts in ``benchmarks/`` share: the machine line, the results file
+format and its atomic write, and mean / standard deviation over seeds.
+
+Every results file is ``{"command", "machine", "torch", "seeds", "runs": [...], ...}``; one
+run is one (method, seed) with its metrics.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Dict, Iterable, List
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+
+
+def machine(threads: int = 1) -> str:
+    return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, {platform.system()} "
+            f"{platform.release()}, {threads} torch thread(s) per process").replace("  ", " ")
+
+
+def command() -> str:
+    return " ".join(["python", *[a if " " not in a else repr(a) for a in sys.argv]])
+
+
+def write_results(path: Path, seeds: List[int], runs: List[dict], threads: int = 1, **extra) -> dict:
+    """Write the results file atomically (temporary file + rename) and return its content."""
+    import torch
+
+    doc = {"command": command(), "machine": machine(threads), "torch": torch.__version__, "seeds": seeds,
+           "runs": runs, **extra}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+    return doc
+
+
+def mean_std(values: Iterable[float]) -> Dict[str, float]:
+    v = [float(x) for x in values]
+    return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
+
+
+def summarise(runs: List[dict], metric: str, key: str = "method") -> Dict[str, Dict[str, float]]:
+    """``{method: {"mean", "std", "n"}}`` of one metric over the seeds of each method."""
+    groups: Dict[str, List[float]] = {}
+    for r in runs:
+        if r.get(metric) is not None:
+            groups.setdefault(r[key], []).append(r[metric])
+    return {k: mean_std(v) for k, v in groups.items()}
+
+
+def check(ok: bool, claim: str, problems: List[str]) -> None:
+    """Print one direction check of a quick run and remember it when it fails."""
+    print(f"  [{'ok' if ok else 'FAILED'}] {claim}")
+    if not ok:
+        problems.append(claim)

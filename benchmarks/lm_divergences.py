@@ -1,0 +1,234 @@
+"""Distilling a character-level language model: which divergence, off- or on-policy.
+
+    python benchmarks/lm_divergences.py --quick     # CI: one seed, short runs, direction checks
+    nice python benchmarks/lm_divergences.py        # full: seeds 0 1 2 -> results/lm_divergences.json
+
+Set-up: the shipped ``lm-teacher`` (``scripts/train_checkpoints.py --only lm``: 6 layers, d=128,
+trained on the first 90% of ``load_text_corpus()``) and fresh ``lm-student`` models (1 layer,
+d=64). Each student sees only the first 10% of the training text (the regime where a teacher
+that read all of it has something to give); the control "hard labels (all text)" gives the
+student the whole 90% with hard labels instead -- more human data, no teacher.
+
+Methods (alpha = 1: the divergence alone, T = 1, teacher logits cached once in float16 for the
+off-policy ones): forward KL, reverse KL, JSD(0.5), total variation, skew forward KL(0.1),
+and on-policy JSD(0.5) with GKD's lambda = 0.5 (half the batches are the student's own
+continuations of the window's first half, scored by the live teacher).
+
+Per (method, seed): held-out perplexity (teacher forcing on the last 10% of the text); the
+teacher's per-character NLL of the student's samples (32 held-out prompts of 32 characters,
+96 sampled characters at temperature 1, the same sampling seed for every method); distinct-2
+(distinct word bigrams / all bigrams over the samples) and self-BLEU (each sample against the
+other 31); training wall and CPU seconds. Rows "teacher" and "held-out text" give the same
+sample metrics for the teacher's own samples and for the real continuations.
+
+Decoding speed of the pair, measured in one run: greedy with the KV cache, 100 new tokens,
+batch 1 (5 prompts one at a time) and batch 32, teacher and student interleaved, median of
+3 repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
+from _common import RESULTS, check, summarise, write_results  # noqa: E402
+
+OFF_POLICY = {
+    "forward KL": dict(divergence="forward_kl"),
+    "reverse KL": dict(divergence="reverse_kl"),
+    "JSD(0.5)": dict(divergence="jsd", beta=0.5),
+    "TVD": dict(divergence="tvd"),
+    "skew KL(0.1)": dict(divergence="skew_forward_kl", beta=0.1),
+}
+ON_POLICY = {"on-policy JSD(0.5)": dict(divergence="jsd", beta=0.5)}
+HARD = {"hard labels (10% text)": "small", "hard labels (all text)": "all"}
+METHODS = [*HARD, *OFF_POLICY, *ON_POLICY]
+PROMPT, NEW, SAMPLES = 32, 96, 32
+
+
+def load(block: int, small_fraction: float, teacher_path=None):
+    import distilkit as dk
+
+    teacher, tok, meta = dk.load_teacher("lm-teacher", path=teacher_path)
+    teacher.eval()
+    text = dk.load_text_corpus()
+    split = int(0.9 * len(text))
+    train_ids, held_ids = tok.encode(text[:split]), tok.encode(text[split:])
+    small = dk.lm_examples(train_ids[: int(small_fraction * len(train_ids))], block)
+    return {
+        "dk": dk, "teacher": teacher, "tok": tok, "meta": meta, "block": block,
+        "small": small, "all": dk.lm_examples(train_ids, block),
+        "held": dk.lm_examples(held_ids, block)[:400],
+        # prompts: evenly spaced held-out windows; the next NEW characters are the real text
+        "prompts": [held_ids[i: i + PROMPT + NEW]
+                    for i in range(0, len(held_ids) - PROMPT - NEW, (len(held_ids) - PROMPT - NEW) // SAMPLES)
+                    ][:SAMPLES],
+    }
+
+
+def sample_metrics(ctx, model, seed: int) -> dict:
+    """Samples of ``model`` from the shared prompts, scored by the teacher and for diversity."""
+    import torch
+
+    dk, tok, teacher = ctx["dk"], ctx["tok"], ctx["teacher"]
+    prompts = [p[:PROMPT] for p in ctx["prompts"]]
+    if model is None:  # the real continuations
+        conts = [p[PROMPT:] for p in ctx["prompts"]]
+    else:
+        g = torch.Generator().manual_seed(1000 + seed)
+        conts = dk.sample(model, prompts, max_new_tokens=NEW, temperature=1.0, generator=g)
+    windows = [p + c for p, c in zip(prompts, conts) if c]
+    batch = dk.collate_lm(windows)
+    batch.labels[:, : PROMPT - 1] = dk.IGNORE_INDEX  # score the continuation only
+    with torch.no_grad():
+        logits = teacher(batch)
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                            batch.labels.reshape(-1), ignore_index=dk.IGNORE_INDEX)
+    texts = [tok.decode(c) for c in conts]
+    bigrams, distinct = 0, set()
+    for t in texts:
+        words = t.split()
+        pairs = list(zip(words, words[1:]))
+        bigrams += len(pairs)
+        distinct.update(pairs)
+    self_bleu = dk.corpus_bleu(texts, [texts[:i] + texts[i + 1:] for i in range(len(texts))])
+    return {"teacher_nll": round(float(nll), 4), "distinct_2": round(len(distinct) / max(bigrams, 1), 4),
+            "self_bleu": round(self_bleu, 2), "samples": [tok.decode(prompts[i]) + " || " + texts[i]
+                                                          for i in range(3)]}
+
+
+def run(ctx, method: str, seed: int, steps: int, lr: float) -> dict:
+    import torch
+
+    dk = ctx["dk"]
+    cfg = dk.TrainConfig(steps=steps, batch_size=32, lr=lr, warmup_steps=min(100, steps // 5), seed=seed,
+                         progress=False, device="cpu", restore_best=False)
+    torch.manual_seed(seed)
+    student = dk.make_model("lm-student", len(ctx["tok"]))
+    t, cpu = time.perf_counter(), time.process_time()
+    if method in HARD:
+        dk.train(student, ctx[HARD[method]], config=cfg)
+    elif method in OFF_POLICY:
+        if "cached" not in ctx:
+            ctx["cached"] = dk.precompute_teacher_logits(ctx["teacher"], ctx["small"], progress=False)
+        kd = dk.KDConfig(alpha=1.0, temperature=1.0, **OFF_POLICY[method])
+        dk.train(student, ctx["cached"], config=cfg, targets=dk.CachedTeacherLogits(kd))
+    else:
+        kd = dk.KDConfig(alpha=1.0, temperature=1.0, **ON_POLICY[method])
+        dk.train(student, ctx["small"], config=cfg, targets=dk.OnPolicyTargets(ctx["teacher"], kd, lam=0.5))
+    seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
+    row = {"seed": seed, "method": method, "params": dk.count_parameters(student), "steps": steps,
+           "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
+           "perplexity": round(dk.perplexity(student, ctx["held"]), 4), **sample_metrics(ctx, student, seed)}
+    ctx.setdefault("students", {})[method, seed] = student
+    return row
+
+
+def speed(ctx, student, reps: int = 3, new: int = 100) -> dict:
+    import torch
+
+    dk, teacher = ctx["dk"], ctx["teacher"]
+    prompts = [p[:16] for p in ctx["prompts"]]
+    times = {(who, b): [] for who in ("teacher", "student") for b in (1, 32)}
+    for model in (teacher, student):  # warm-up
+        model.eval()
+        dk.greedy(model, prompts[:2], max_new_tokens=5, stop_at_eos=False)
+    with torch.no_grad():
+        for _ in range(reps):
+            for who, model in (("teacher", teacher), ("student", student)):
+                t = time.perf_counter()
+                for p in prompts[:5]:
+                    dk.greedy(model, [p], max_new_tokens=new, stop_at_eos=False)
+                times[who, 1].append(5 * new / (time.perf_counter() - t))
+                t = time.perf_counter()
+                dk.greedy(model, prompts[:32], max_new_tokens=new, stop_at_eos=False)
+                times[who, 32].append(32 * new / (time.perf_counter() - t))
+    out = {f"{who}_tokens_per_s_batch{b}": round(statistics.median(v), 1) for (who, b), v in times.items()}
+    for b in (1, 32):
+        out[f"speedup_batch{b}"] = round(out[f"student_tokens_per_s_batch{b}"] / out[f"teacher_tokens_per_s_batch{b}"], 2)
+    out.update(teacher_params=dk.count_parameters(teacher), student_params=dk.count_parameters(student),
+               new_tokens=new, repeats=reps, all_tokens_per_s={f"{w} batch {b}": [round(x, 1) for x in v]
+                                                               for (w, b), v in times.items()})
+    out["student_params_pct_of_teacher"] = round(100 * out["student_params"] / out["teacher_params"], 1)
+    return out
+
+
+def print_table(runs) -> None:
+    cols = ["perplexity", "teacher_nll", "distinct_2", "self_bleu", "train_seconds"]
+    print(f"\n{'method':<26}" + "".join(f"{c:>22}" for c in cols))
+    for m in dict.fromkeys(r["method"] for r in runs):
+        cells = []
+        for c in cols:
+            s = summarise([r for r in runs if r["method"] == m], c).get(m)
+            cells.append(f"{s['mean']:>12.3f} ± {s['std']:<7.3f}" if s else f"{'-':>22}")
+        print(f"{m:<26}" + "".join(cells))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one seed, short runs, direction checks; writes nothing")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=None, help="student steps (default 800; quick: 120)")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--block", type=int, default=64)
+    ap.add_argument("--small-fraction", type=float, default=0.1)
+    ap.add_argument("--methods", nargs="+", default=None, choices=METHODS)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--teacher", type=Path, default=None, help="teacher checkpoint (default: the shipped lm-teacher)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "lm_divergences.json")
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)
+    steps = a.steps or (120 if a.quick else 800)
+    seeds = [0] if a.quick else a.seeds
+    methods = a.methods or (["hard labels (10% text)", "forward KL", "reverse KL", "on-policy JSD(0.5)"]
+                            if a.quick else METHODS)
+    ctx = load(a.block, a.small_fraction, a.teacher)
+    dk = ctx["dk"]
+    teacher_ppl = dk.perplexity(ctx["teacher"], ctx["held"])
+    print(f"teacher {dk.count_parameters(ctx['teacher']):,} params, held-out perplexity {teacher_ppl:.3f}; "
+          f"student windows {len(ctx['small'])} (10% text) / {len(ctx['all'])} (all)")
+    runs = []
+    for seed in seeds:
+        runs.append({"seed": seed, "method": "held-out text", **sample_metrics(ctx, None, seed)})
+        runs.append({"seed": seed, "method": "teacher", "params": dk.count_parameters(ctx["teacher"]),
+                     "perplexity": round(teacher_ppl, 4), **sample_metrics(ctx, ctx["teacher"], seed)})
+        for m in methods:
+            runs.append(run(ctx, m, seed, steps, a.lr))
+            r = runs[-1]
+            print(f"seed {seed} {m:<24} ppl {r['perplexity']:.3f}  teacher NLL {r['teacher_nll']:.3f}  "
+                  f"distinct-2 {r['distinct_2']:.3f}  self-BLEU {r['self_bleu']:.1f}  {r['train_seconds']:.0f} s",
+                  flush=True)
+    ref = next(m for m in ("forward KL", *methods) if (m, seeds[0]) in ctx["students"])
+    spd = speed(ctx, ctx["students"][ref, seeds[0]], reps=1 if a.quick else 3, new=30 if a.quick else 100)
+    print_table(runs)
+    print(f"\ndecoding (greedy, KV cache): student {spd['student_params_pct_of_teacher']}% of the teacher's "
+          f"parameters; speed-up {spd['speedup_batch1']}x at batch 1, {spd['speedup_batch32']}x at batch 32")
+    if a.quick:
+        by = {r["method"]: r for r in runs}
+        problems: list = []
+        check(all(math.isfinite(r.get("perplexity", 0.0)) and math.isfinite(r["teacher_nll"]) for r in runs),
+              "every metric is finite", problems)
+        check(teacher_ppl < by["hard labels (10% text)"]["perplexity"],
+              "the teacher beats the hard-label student on held-out perplexity", problems)
+        check(by["forward KL"]["perplexity"] < by["hard labels (10% text)"]["perplexity"],
+              "forward-KL KD beats hard labels on the same 10% of the text", problems)
+        check(spd["speedup_batch1"] > 1.0, "the student decodes faster than the teacher at batch 1", problems)
+        sys.exit(1 if problems else 0)
+    summary = {k: summarise(runs, k) for k in ("perplexity", "teacher_nll", "distinct_2", "self_bleu")}
+    write_results(a.out, seeds, runs, threads=a.threads, speed=spd, summary=summary,
+                  setup={"steps": steps, "lr": a.lr, "block": a.block, "batch_size": 32,
+                         "small_fraction": a.small_fraction, "small_windows": len(ctx["small"]),
+                         "all_windows": len(ctx["all"]), "held_out_windows": len(ctx["held"]),
+                         "teacher": ctx["meta"].get("extra", {}).get("info", {}),
+                         "prompt_chars": PROMPT, "sampled_chars": NEW, "samples": SAMPLES})
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The rule the book's conclusions follow (``distilkit.notebook.compare``) and the results
+files the chapters read (``load_results``)."""
+
+import json
+
+import pytest
+
+from distilkit.notebook import compare, load_results, metric_by_method
+
+
+def test_an_effect_larger_than_the_spread_on_every_seed_holds():
+    c = compare([80.0, 75.8, 80.8], [54.2, 58.7, 61.9])
+    assert c.verdict == "A better"
+    assert c.effect == pytest.approx((80.0 + 75.8 + 80.8 - 54.2 - 58.7 - 61.9) / 3)
+    assert c.per_seed == pytest.approx([25.8, 17.1, 18.9])
+
+
+def test_an_effect_inside_the_seed_spread_is_inconclusive():
+    # chapter 4's old experiment A: +4.3, +0.1, -1.6 BLEU over the baseline
+    assert compare([58.5, 58.8, 60.3], [54.2, 58.7, 61.9]).verdict == "inconclusive"
+
+
+def test_seeds_that_disagree_make_it_inconclusive_even_with_a_large_mean():
+    c = compare([10.0, 10.0, 10.0, 10.0], [0.0, 0.0, 0.0, 12.0])
+    assert c.effect > c.spread and c.verdict == "inconclusive"
+
+
+def test_lower_is_better_flips_the_winner():
+    assert compare([1.0, 1.1, 0.9], [5.0, 5.2, 4.9], higher_is_better=False).verdict == "A better"
+    assert compare([1.0, 1.1, 0.9], [5.0, 5.2, 4.9]).verdict == "B better"
+
+
+def test_compare_needs_paired_seeds():
+    with pytest.raises(ValueError, match="one value per seed"):
+        compare([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        compare([1.0], [2.0])
+
+
+def test_load_results_reads_the_repository_files_and_names_the_writer(tmp_path, monkeypatch):
+    doc = load_results("topk_cache")
+    assert {"command", "machine", "torch", "seeds", "runs"} <= set(doc)
+    with pytest.raises(FileNotFoundError, match="benchmarks/"):
+        load_results("no_such_experiment")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "mine.json").write_text(json.dumps({"runs": []}))
+    monkeypatch.chdir(tmp_path)
+    assert load_results("mine") == {"runs": []}
+
+
+def test_metric_by_method_orders_values_by_seed():
+    runs = [{"seed": 2, "method": "a", "bleu": 3}, {"seed": 0, "method": "a", "bleu": 1},
+            {"seed": None, "method": "teacher", "bleu": 9}, {"seed": 1, "method": "a", "bleu": 2}]
+    assert metric_by_method(runs, "bleu") == {"a": [1.0, 2.0, 3.0], "teacher": [9.0]}
