@@ -29,8 +29,7 @@ from distilkit.train import TrainConfig, train
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "distilkit" / "checkpoints"
 RUNS = ROOT / ".checkpoint_runs"
-D2T_TEACHER = dict(preset="d2t-teacher", overrides=dict(embed_dim=96, hidden_dim=192),
-                   steps=2000, batch_size=64, lr=3e-3)
+D2T_TEACHER = dict(preset="d2t-teacher", overrides={}, steps=2000, batch_size=64, lr=3e-3)
 LM_TEACHER = dict(preset="lm-teacher", steps=1600, batch_size=32, block=64, lr=2e-3)
 GPT2_TEACHER = dict(vocab_size=1024, n_layer=2, n_embd=96, n_head=4, block=32, steps=600,
                     batch_size=16, lr=3e-3)
