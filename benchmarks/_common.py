@@ -60,3 +60,23 @@ def check(ok: bool, claim: str, problems: List[str]) -> None:
     print(f"  [{'ok' if ok else 'FAILED'}] {claim}")
     if not ok:
         problems.append(claim)
+
+
+def merge_results(paths, out: Path, metrics, shared=("teacher", "held-out text"), first=("speed",)) -> dict:
+    """One results file from several single-seed ones (one process per seed): every seed's runs,
+    the seedless ``shared`` methods once, every command, and the set-up, which must agree.
+    Keys named in ``first`` are taken from the first file."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    setups = {json.dumps({k: v for k, v in d["setup"].items() if "seconds" not in k}, sort_keys=True)
+              for d in docs}
+    if len(setups) != 1:
+        raise SystemExit(f"--merge: the files were made with different set-ups: {sorted(setups)}")
+    seeds = sorted(s for d in docs for s in d["seeds"])
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--merge: a seed appears in more than one file: {seeds}")
+    runs = [r for d in docs for r in d["runs"] if r["method"] not in shared or r["seed"] is not None]
+    runs += [r for r in docs[0]["runs"] if r["method"] in shared and r["seed"] is None]
+    runs.sort(key=lambda r: (r["seed"] is not None, r["seed"] or 0))
+    extra = {k: docs[0][k] for k in first if k in docs[0]}
+    return write_results(out, seeds, runs, summary={m: summarise(runs, m) for m in metrics},
+                         setup=docs[0]["setup"], commands=[d["command"] for d in docs], **extra)

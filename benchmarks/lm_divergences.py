@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
-from _common import RESULTS, check, summarise, write_results  # noqa: E402
+from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
 
 OFF_POLICY = {
     "forward KL": dict(divergence="forward_kl"),
@@ -172,7 +172,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one seed, short runs, direction checks; writes nothing")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=None, help="student steps (default 800; quick: 120)")
+    ap.add_argument("--steps", type=int, default=None, help="student steps (default 500; quick: 120)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--block", type=int, default=64)
     ap.add_argument("--small-fraction", type=float, default=0.1)
@@ -180,11 +180,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--teacher", type=Path, default=None, help="teacher checkpoint (default: the shipped lm-teacher)")
     ap.add_argument("--out", type=Path, default=RESULTS / "lm_divergences.json")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FILE",
+                    help="combine results files of single-seed runs (same set-up) into --out; the "
+                         "speed measurement is the first file's")
     a = ap.parse_args()
+    if a.merge:
+        doc = merge_results(a.merge, a.out, ("perplexity", "teacher_nll", "distinct_2", "self_bleu"))
+        print_table(doc["runs"])
+        print(f"wrote {a.out} ({len(doc['seeds'])} seeds)")
+        return
     import torch
 
     torch.set_num_threads(a.threads)
-    steps = a.steps or (120 if a.quick else 800)
+    steps = a.steps or (120 if a.quick else 500)
     seeds = [0] if a.quick else a.seeds
     methods = a.methods or (["hard labels (10% text)", "forward KL", "reverse KL", "on-policy JSD(0.5)"]
                             if a.quick else METHODS)

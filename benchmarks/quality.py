@@ -26,36 +26,54 @@ each), parameters, training seconds. ``teacher`` is evaluated once (it has no se
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
-from _common import RESULTS, check, summarise, write_results  # noqa: E402
+from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
 
 METHODS = ["baseline", "word KD, same inputs", "seq KD, greedy", "seq KD, beam 5", "word + seq KD",
            "word + seq KD, soft only", "more human data"]
 QUICK = ["baseline", "word KD, same inputs", "seq KD, greedy", "word + seq KD"]
 
 
-def load(num_transfer: int, methods, progress: bool):
+def load(num_transfer: int, methods, progress: bool, work=None):
+    """The task, the teacher and the transfer sets. With ``work`` (a folder), the teacher's
+    greedy and beam outputs are kept there as JSON and reused by later runs (one per seed)."""
     import distilkit as dk
     from distilkit.data import DataToTextTask
 
     data = dk.make_data_to_text(seed=0)
     teacher, tok, _ = dk.load_teacher("d2t-teacher")
     teacher.eval()
-    ctx = {"dk": dk, "data": data, "teacher": teacher, "labelled": data.encode_pairs(data.train)}
+    ctx = {"dk": dk, "data": data, "teacher": teacher, "labelled": data.encode_pairs(data.train),
+           "teacher_seconds": {}}
     mrs = data.transfer[:num_transfer]
-    t = time.perf_counter()
-    ctx["greedy"] = dk.experiments.transfer_set(teacher, data, num_transfer, progress=progress)
-    ctx["teacher_seconds"] = {"greedy": round(time.perf_counter() - t, 1)}
-    if "seq KD, beam 5" in methods:
+
+    def labels(name, make):
+        path = Path(work) / f"{name}-{num_transfer}.json" if work else None
+        if path and path.is_file():
+            saved = json.loads(path.read_text())
+            ctx["teacher_seconds"][name] = saved["seconds"]
+            return [(list(x), list(y)) for x, y in saved["pairs"]]
         t = time.perf_counter()
-        ctx["beam"] = dk.sequence_level_data(teacher, data.encode_inputs(mrs), method="beam", beam_size=5,
-                                             progress=progress)
-        ctx["teacher_seconds"]["beam5"] = round(time.perf_counter() - t, 1)
+        pairs = make()
+        ctx["teacher_seconds"][name] = round(time.perf_counter() - t, 1)
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"seconds": ctx["teacher_seconds"][name], "pairs": pairs}))
+            tmp.replace(path)
+        return pairs
+
+    ctx["greedy"] = labels("greedy", lambda: dk.experiments.transfer_set(teacher, data, num_transfer,
+                                                                         progress=progress))
+    if "seq KD, beam 5" in methods:
+        ctx["beam"] = labels("beam5", lambda: dk.sequence_level_data(
+            teacher, data.encode_inputs(mrs), method="beam", beam_size=5, progress=progress))
     rng = random.Random(12345)
     task = DataToTextTask()
     ctx["human"] = data.encode_pairs([(mr, task.realise(mr, rng)) for mr in mrs])
@@ -124,6 +142,12 @@ def print_table(runs) -> None:
         print(f"{m:<28}{b['mean']:>10.2f} ± {b['std']:<5.2f}{s['mean']:>10.2f} ± {s['std']:<5.2f}   {per}")
 
 
+def merge(paths, out: Path) -> None:
+    doc = merge_results(paths, out, ("bleu", "ser"))
+    print_table(doc["runs"])
+    print(f"wrote {out} ({len(doc['seeds'])} seeds)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one seed, short runs, direction checks; writes nothing")
@@ -135,7 +159,14 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=None, choices=METHODS)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS / "quality.json")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="folder that keeps the teacher's transfer-set outputs for later runs")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FILE",
+                    help="combine results files of single-seed runs (same set-up) into --out")
     a = ap.parse_args()
+    if a.merge:
+        merge(a.merge, a.out)
+        return
     import torch
 
     torch.set_num_threads(a.threads)
@@ -144,7 +175,7 @@ def main() -> None:
     seeds = [0] if a.quick else a.seeds
     methods = a.methods or (QUICK if a.quick else METHODS)
     test_items = 100 if a.quick else 400
-    ctx = load(num_transfer, methods, progress=not a.quick)
+    ctx = load(num_transfer, methods, progress=not a.quick, work=a.work)
     dk = ctx["dk"]
     teacher = {"seed": None, "method": "teacher", "params": dk.count_parameters(ctx["teacher"]),
                **evaluate(ctx, ctx["teacher"], test_items)}

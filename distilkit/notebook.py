@@ -14,7 +14,8 @@ import torch
 
 from .train import resolve_device
 
-__all__ = ["NotebookSetup", "setup", "progress_wanted", "load_results", "metric_by_method", "Comparison", "compare"]
+__all__ = ["NotebookSetup", "setup", "progress_wanted", "load_results", "metric_by_method", "mean_std", "Comparison",
+           "compare"]
 
 _FALSE = ("0", "false", "no", "off")
 
@@ -105,6 +106,16 @@ def metric_by_method(runs, metric: str) -> dict:
         if r.get(metric) is not None:
             out.setdefault(r["method"], []).append(float(r[metric]))
     return out
+
+
+def mean_std(values) -> dict:
+    """``{"mean", "std", "n"}`` of per-seed values (sample standard deviation; 0 for one value)."""
+    import statistics
+
+    v = [float(x) for x in values]
+    if not v:
+        raise ValueError("values must not be empty")
+    return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
 
 
 @dataclass

@@ -52,3 +52,12 @@ def test_metric_by_method_orders_values_by_seed():
     runs = [{"seed": 2, "method": "a", "bleu": 3}, {"seed": 0, "method": "a", "bleu": 1},
             {"seed": None, "method": "teacher", "bleu": 9}, {"seed": 1, "method": "a", "bleu": 2}]
     assert metric_by_method(runs, "bleu") == {"a": [1.0, 2.0, 3.0], "teacher": [9.0]}
+
+
+def test_mean_std_is_the_sample_spread():
+    from distilkit.notebook import mean_std
+
+    assert mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert mean_std([5]) == {"mean": 5.0, "std": 0.0, "n": 1}
+    with pytest.raises(ValueError, match="values"):
+        mean_std([])
