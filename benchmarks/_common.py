@@ -41,6 +41,16 @@ def write_results(path: Path, seeds: List[int], runs: List[dict], threads: int =
     return doc
 
 
+def update_results(path: Path, **keys) -> dict:
+    """Replace some keys of an existing results file (atomically); the rest stays as written."""
+    path = Path(path)
+    doc = {**json.loads(path.read_text()), **keys}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+    return doc
+
+
 def mean_std(values: Iterable[float]) -> Dict[str, float]:
     v = [float(x) for x in values]
     return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}

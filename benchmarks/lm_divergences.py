@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
-from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
+from _common import RESULTS, check, command, machine, merge_results, summarise, update_results, write_results  # noqa: E402
 
 OFF_POLICY = {
     "forward KL": dict(divergence="forward_kl"),
@@ -183,7 +183,23 @@ def main() -> None:
     ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FILE",
                     help="combine results files of single-seed runs (same set-up) into --out; the "
                          "speed measurement is the first file's")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="measure only the decoding speed (a fresh lm-student: the speed does not depend "
+                         "on the weights) and store it, with this command, in --out's \"speed\"")
     a = ap.parse_args()
+    if a.speed_only:
+        import json
+
+        import torch
+
+        torch.set_num_threads(a.threads)
+        ctx = load(a.block, a.small_fraction, a.teacher)
+        torch.manual_seed(0)
+        spd = speed(ctx, ctx["dk"].make_model("lm-student", len(ctx["tok"])))
+        spd.update(command=command(), machine=machine(a.threads))
+        update_results(a.out, speed=spd)
+        print(json.dumps(spd, indent=1))
+        return
     if a.merge:
         doc = merge_results(a.merge, a.out, ("perplexity", "teacher_nll", "distinct_2", "self_bleu"))
         print_table(doc["runs"])
