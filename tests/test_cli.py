@@ -304,7 +304,7 @@ def test_unknown_checkpoint_name_lists_the_shipped_ones(capsys, tmp_path):
         err = capsys.readouterr().err
         flag = "--teacher" if "--teacher" in argv else "--model"
         assert f"{flag} d2t-teachr" in err and "shipped: d2t-teacher" in err, err
-    assert dk.experiments.shipped_checkpoints() == ["d2t-teacher"]
+    assert dk.experiments.shipped_checkpoints() == ["d2t-teacher", "lm-teacher"]
 
 
 def test_load_teacher_by_unknown_name_lists_the_shipped_ones():
