@@ -1,0 +1,140 @@
+"""Temperature x alpha: how the two knobs of word-level KD move a student, measured.
+
+    python benchmarks/temperature_alpha.py --quick    # CI: one seed, 4 cells, short runs, direction checks
+    nice python benchmarks/temperature_alpha.py       # full: seeds 0 1 2 -> results/temperature_alpha.json
+
+Set-up: the language-model pair and data of ``benchmarks/lm_divergences.py`` (shipped
+``lm-teacher``, 6 layers d=128; fresh ``lm-student``, 1 layer d=64, trained on the first 10% of
+the training text, 500 steps of 32 windows). That is the regime where soft targets measurably
+help (forward KL beats hard labels there by more than the seed spread), so the knobs have an
+effect to move. The loss is ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE``:
+alpha = 0 is hard labels only and does not depend on T, so it is trained once per seed and
+stored with ``temperature: null``.
+
+Per (T, alpha, seed): held-out perplexity of the student (at T = 1, on the last 10% of the
+text) and the teacher's per-character NLL of the student's samples (as in lm_divergences).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
+from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
+from lm_divergences import load, sample_metrics  # noqa: E402
+
+TEMPERATURES = [1.0, 2.0, 4.0, 8.0]
+ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
+METRICS = ("perplexity", "teacher_nll")
+
+
+def cell_name(temperature, alpha: float) -> str:
+    return f"alpha={alpha:g}" if alpha == 0 else f"T={temperature:g}, alpha={alpha:g}"
+
+
+def run(ctx, temperature, alpha: float, seed: int, steps: int, lr: float) -> dict:
+    import torch
+
+    dk = ctx["dk"]
+    cfg = dk.TrainConfig(steps=steps, batch_size=32, lr=lr, warmup_steps=min(100, steps // 5), seed=seed,
+                         progress=False, device="cpu", restore_best=False)
+    torch.manual_seed(seed)
+    student = dk.make_model("lm-student", len(ctx["tok"]))
+    if "cached" not in ctx:
+        ctx["cached"] = dk.precompute_teacher_logits(ctx["teacher"], ctx["small"], progress=False)
+    t, cpu = time.perf_counter(), time.process_time()
+    if alpha == 0:
+        dk.train(student, ctx["small"], config=cfg)
+    else:
+        kd = dk.KDConfig(alpha=alpha, temperature=temperature)
+        dk.train(student, ctx["cached"], config=cfg, targets=dk.CachedTeacherLogits(kd))
+    seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
+    samples = sample_metrics(ctx, student, seed)
+    return {"seed": seed, "method": cell_name(temperature, alpha), "temperature": temperature if alpha else None,
+            "alpha": alpha, "params": dk.count_parameters(student), "steps": steps,
+            "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
+            "perplexity": round(dk.perplexity(student, ctx["held"]), 4), "teacher_nll": samples["teacher_nll"]}
+
+
+def print_grid(runs, metric: str = "perplexity") -> None:
+    temps = sorted({r["temperature"] for r in runs if r.get("temperature") is not None})
+    alphas = sorted({r["alpha"] for r in runs if "alpha" in r})
+    print(f"\n{metric} (mean ± std over seeds); rows T, columns alpha")
+    print(f"{'':>8}" + "".join(f"{'alpha=' + format(a, 'g'):>18}" for a in alphas))
+    for T in temps:
+        cells = []
+        for a in alphas:
+            s = summarise([r for r in runs if r.get("alpha") == a], metric).get(cell_name(T, a))
+            cells.append(f"{s['mean']:>10.3f} ± {s['std']:<5.2f}" if s else f"{'-':>18}")
+        print(f"{'T=' + format(T, 'g'):>8}" + "".join(cells))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one seed, 4 cells, short runs, direction checks; "
+                                                         "writes nothing")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=None, help="student steps (default 500; quick: 120)")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--temperatures", type=float, nargs="+", default=None)
+    ap.add_argument("--alphas", type=float, nargs="+", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS / "temperature_alpha.json")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FILE",
+                    help="combine results files of single-seed runs (same set-up) into --out")
+    a = ap.parse_args()
+    if a.merge:
+        doc = merge_results(a.merge, a.out, METRICS)
+        print_grid(doc["runs"])
+        print(f"wrote {a.out} ({len(doc['seeds'])} seeds)")
+        return
+    import torch
+
+    torch.set_num_threads(a.threads)
+    steps = a.steps or (120 if a.quick else 500)
+    seeds = [0] if a.quick else a.seeds
+    temps = a.temperatures or ([1.0, 4.0] if a.quick else TEMPERATURES)
+    alphas = a.alphas or ([0.0, 1.0] if a.quick else ALPHAS)
+    for name, values in (("--temperatures", temps), ("--alphas", alphas)):
+        bad = [v for v in values if not math.isfinite(v) or v < 0 or (name == "--alphas" and v > 1)
+               or (name == "--temperatures" and v == 0)]
+        if bad:
+            ap.error(f"{name} expects {'values in [0, 1]' if name == '--alphas' else 'positive values'}; got {bad}")
+    ctx = load(64, 0.1)
+    dk = ctx["dk"]
+    teacher_ppl = dk.perplexity(ctx["teacher"], ctx["held"])
+    print(f"teacher {dk.count_parameters(ctx['teacher']):,} params, held-out perplexity {teacher_ppl:.3f}")
+    runs = []
+    for seed in seeds:
+        runs.append({"seed": seed, "method": "teacher", "params": dk.count_parameters(ctx["teacher"]),
+                     "perplexity": round(teacher_ppl, 4)})
+        for alpha in alphas:
+            for T in (temps if alpha else [None]):
+                runs.append(run(ctx, T, alpha, seed, steps, a.lr))
+                r = runs[-1]
+                print(f"seed {seed} {r['method']:<18} ppl {r['perplexity']:.3f}  teacher NLL {r['teacher_nll']:.3f}"
+                      f"  {r['train_cpu_seconds']:.0f} CPU-s", flush=True)
+    print_grid(runs)
+    print_grid(runs, "teacher_nll")
+    if a.quick:
+        by = {r["method"]: r for r in runs}
+        problems: list = []
+        check(all(math.isfinite(r["perplexity"]) for r in runs), "every perplexity is finite", problems)
+        check(teacher_ppl < by["alpha=0"]["perplexity"], "the teacher beats the hard-label student", problems)
+        check(by["T=1, alpha=1"]["perplexity"] < by["alpha=0"]["perplexity"],
+              "soft targets alone (T = 1) beat hard labels alone on held-out perplexity", problems)
+        sys.exit(1 if problems else 0)
+    summary = {k: summarise(runs, k) for k in METRICS}
+    write_results(a.out, seeds, runs, threads=a.threads, summary=summary,
+                  setup={"steps": steps, "lr": a.lr, "block": 64, "batch_size": 32, "small_fraction": 0.1,
+                         "temperatures": temps, "alphas": alphas, "small_windows": len(ctx["small"]),
+                         "held_out_windows": len(ctx["held"]),
+                         "teacher": ctx["meta"].get("extra", {}).get("info", {})})
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
