@@ -114,15 +114,16 @@ def evaluate(ctx, model, test_items: int) -> dict:
     return {"bleu": round(dk.corpus_bleu(outs, refs), 2), "ser": round(100 * dk.slot_error_rate(mrs, outs), 2)}
 
 
-def run(ctx, method: str, seed: int, steps: int, lr: float, preset: str, test_items: int) -> dict:
+def run(ctx, method: str, seed: int, steps: int, lr: float, preset: str, test_items: int, batch_size: int = 64,
+        **overrides) -> dict:
     import torch
 
     dk = ctx["dk"]
     examples, kd = examples_for(ctx, method)
-    cfg = dk.TrainConfig(steps=steps, batch_size=64, lr=lr, warmup_steps=min(50, steps // 5), seed=seed,
+    cfg = dk.TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(50, steps // 5), seed=seed,
                          progress=False, device="cpu", restore_best=False)
     torch.manual_seed(seed)
-    student = dk.make_model(preset, len(ctx["data"].tokenizer))
+    student = dk.make_model(preset, len(ctx["data"].tokenizer), **overrides)
     t = time.perf_counter()
     if kd is None:
         dk.train(student, examples, config=cfg)

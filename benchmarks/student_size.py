@@ -1,0 +1,92 @@
+"""Student size: how much of the teacher a student of each size keeps, with and without KD.
+
+    python benchmarks/student_size.py --quick     # CI: one seed, two sizes, short runs, direction checks
+    nice python benchmarks/student_size.py        # full: seeds 0 1 2 -> results/student_size.json
+
+Set-up (chapter 5): the shipped ``d2t-teacher``, the 400 labelled pairs and the first 2,000
+transfer inputs described by the teacher (greedy). Three student sizes -- ``tiny``
+(``d2t-tiny``), ``small`` (``d2t-student`` with embed 32 / hidden 64) and ``student``
+(``d2t-student``) -- each trained twice from the same initial weights: ``hard labels`` (the 400
+pairs) and ``KD`` (the 400 pairs + the teacher-labelled transfer set, the teacher's
+distributions at T = 1, alpha = 0.5: word + sequence-level KD). 400 steps of 16 examples, lr
+1e-2. The methods are named ``<size>, <hard labels | KD>``; every row also carries ``size``
+and ``kd`` for plotting.
+
+Per (method, seed): BLEU and slot error rate (%) of greedy outputs on the 400 test inputs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
+from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
+from quality import evaluate, load, run  # noqa: E402
+
+SIZES = {"tiny": ("d2t-tiny", {}), "small": ("d2t-student", dict(embed_dim=32, hidden_dim=64)),
+         "student": ("d2t-student", {})}
+KINDS = {"hard labels": "baseline", "KD": "word + seq KD"}  # quality.py's methods
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one seed, two sizes, short runs; writes nothing")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per student (default 400; quick 150)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--transfer", type=int, default=None, help="transfer inputs (default 2000; quick 300)")
+    ap.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS / "student_size.json")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="folder that keeps the teacher's transfer-set outputs for later runs")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FILE",
+                    help="combine results files of single-seed runs (same set-up) into --out")
+    a = ap.parse_args()
+    if a.merge:
+        doc = merge_results(a.merge, a.out, ("bleu", "ser"))
+        for m, s in doc["summary"]["bleu"].items():
+            print(f"{m:<22} BLEU {s['mean']:6.2f} ± {s['std']:.2f} (n={s['n']})")
+        print(f"wrote {a.out} ({len(doc['seeds'])} seeds)")
+        return
+    import torch
+
+    torch.set_num_threads(a.threads)
+    steps = a.steps or (150 if a.quick else 400)
+    num_transfer = a.transfer or (300 if a.quick else 2000)
+    seeds = [0] if a.quick else a.seeds
+    sizes = a.sizes or (["tiny", "student"] if a.quick else list(SIZES))
+    test_items = 100 if a.quick else 400
+    ctx = load(num_transfer, list(KINDS.values()), progress=not a.quick, work=a.work)
+    dk = ctx["dk"]
+    runs = [{"seed": None, "method": "teacher", "params": dk.count_parameters(ctx["teacher"]),
+             **evaluate(ctx, ctx["teacher"], test_items)}]
+    print(f"teacher: {runs[0]['params']:,} params, BLEU {runs[0]['bleu']}, SER {runs[0]['ser']}%", flush=True)
+    for seed in seeds:
+        for size in sizes:
+            preset, overrides = SIZES[size]
+            for kind, method in KINDS.items():
+                r = run(ctx, method, seed, steps, a.lr, preset, test_items, batch_size=a.batch_size, **overrides)
+                r.update(method=f"{size}, {kind}", size=size, kd=kind == "KD")
+                runs.append(r)
+                print(f"seed {seed} {r['method']:<20} {r['params']:>8,} params  BLEU {r['bleu']:6.2f}  "
+                      f"SER {r['ser']:6.2f}%  ({r['train_seconds']:.0f} s)", flush=True)
+    if a.quick:
+        by = {r["method"]: r for r in runs}
+        problems: list = []
+        check(all(runs[0]["bleu"] > by[f"{s}, hard labels"]["bleu"] + 5 for s in sizes),
+              "the teacher beats every hard-label student by > 5 BLEU", problems)
+        check(by["student, KD"]["bleu"] > by["student, hard labels"]["bleu"],
+              "KD beats hard labels for the largest student", problems)
+        sys.exit(1 if problems else 0)
+    write_results(a.out, seeds, runs, threads=a.threads, summary={k: summarise(runs, k) for k in ("bleu", "ser")},
+                  setup={"steps": steps, "lr": a.lr, "batch_size": a.batch_size, "labelled_pairs": len(ctx["labelled"]),
+                         "transfer_inputs": num_transfer, "test_inputs": test_items, "temperature": 1.0, "alpha": 0.5,
+                         "sizes": {s: {"preset": SIZES[s][0], **SIZES[s][1]} for s in sizes}})
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
