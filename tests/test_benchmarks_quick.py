@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["quality.py", "lm_divergences.py", "loss_memory.py"]
+SCRIPTS = ["quality.py", "lm_divergences.py", "loss_memory.py", "temperature_alpha.py", "teacher_size.py",
+           "student_size.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
