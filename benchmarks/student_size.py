@@ -33,10 +33,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one seed, two sizes, short runs; writes nothing")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per student (default 400; quick 150)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per student (default 400; quick 300)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--transfer", type=int, default=None, help="transfer inputs (default 2000; quick 300)")
+    ap.add_argument("--transfer", type=int, default=None, help="transfer inputs (default 2000; quick 1000)")
     ap.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS / "student_size.json")
@@ -54,8 +54,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    steps = a.steps or (150 if a.quick else 400)
-    num_transfer = a.transfer or (300 if a.quick else 2000)
+    steps = a.steps or (300 if a.quick else 400)
+    num_transfer = a.transfer or (1000 if a.quick else 2000)
     seeds = [0] if a.quick else a.seeds
     sizes = a.sizes or (["tiny", "student"] if a.quick else list(SIZES))
     test_items = 100 if a.quick else 400
@@ -80,6 +80,8 @@ def main() -> None:
               "the teacher beats every hard-label student by > 5 BLEU", problems)
         check(by["student, KD"]["bleu"] > by["student, hard labels"]["bleu"],
               "KD beats hard labels for the largest student", problems)
+        check(by["student, KD"]["bleu"] > by["tiny, KD"]["bleu"],
+              "the distilled largest student beats the distilled smallest one", problems)
         sys.exit(1 if problems else 0)
     write_results(a.out, seeds, runs, threads=a.threads, summary={k: summarise(runs, k) for k in ("bleu", "ser")},
                   setup={"steps": steps, "lr": a.lr, "batch_size": a.batch_size, "labelled_pairs": len(ctx["labelled"]),
