@@ -19,7 +19,9 @@ import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+# one thread: the README's test command runs two pytest workers on two cores, and a second
+# thread per process would only oversubscribe them
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def python_blocks(section: str) -> list:
