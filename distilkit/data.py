@@ -345,6 +345,51 @@ class DataToTextTask:
         return _WORDS.join(_WORDS.split(text))
 
 
+class _GeneratedPairs(Sequence):
+    """A list of (mr, text) pairs generated on first use.
+
+    ``make_data_to_text`` draws the teacher's 40,000 pairs last, from the random state the other
+    splits leave behind; generating them takes seconds and only teacher training reads them, so
+    the state is kept and the pairs are drawn when first indexed or iterated (the same pairs as
+    drawing them at once). ``len`` needs no generation."""
+
+    def __init__(self, task: "DataToTextTask", rng_state, seen: set, n: int):
+        self._args, self._n, self._pairs = (task, rng_state, seen), n, None
+
+    def _get(self) -> list:
+        if self._pairs is None:
+            task, state, seen = self._args
+            rng, seen = random.Random(), set(seen)
+            rng.setstate(state)
+            pairs = []
+            while len(pairs) < self._n:
+                mr = task.sample_mr(rng)
+                key = linearize_mr(mr)
+                if key not in seen:
+                    seen.add(key)
+                    pairs.append((mr, task.realise(mr, rng)))
+            self._pairs, self._args = pairs, None
+        return self._pairs
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):
+        return self._get()[index]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (_GeneratedPairs, list)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        state = "generated" if self._pairs is not None else "not generated yet"
+        return f"<{self._n:,} generated (mr, text) pairs, {state}>"
+
+
 @dataclass
 class DataToTextData:
     """Fixed splits of the data-to-text task.
@@ -359,7 +404,7 @@ class DataToTextData:
     transfer: List[Dict[str, str]]
     valid: List[Tuple[Dict[str, str], str]]
     test: List[Tuple[Dict[str, str], List[str]]]
-    teacher_train: List[Tuple[Dict[str, str], str]]
+    teacher_train: Sequence[Tuple[Dict[str, str], str]]  # generated when first read
     tokenizer: WordTokenizer
     seed: int = 0
     info: dict = field(default_factory=dict)
@@ -421,7 +466,7 @@ def make_data_to_text(
     valid = [(mr, task.realise(mr, rng)) for mr in (fresh_mr() for _ in range(num_valid))]
     train = [(mr, task.realise(mr, rng)) for mr in (fresh_mr() for _ in range(num_train))]
     transfer = [fresh_mr() for _ in range(num_transfer)]
-    teacher_train = [(mr, task.realise(mr, rng)) for mr in (fresh_mr() for _ in range(num_teacher_train))]
+    teacher_train = _GeneratedPairs(task, rng.getstate(), seen, num_teacher_train)  # drawn when first read
     tokenizer = WordTokenizer.from_texts(_all_lexicon_text() + [t for _, t in train])
     return DataToTextData(
         train=train, transfer=transfer, valid=valid, test=test, teacher_train=teacher_train,

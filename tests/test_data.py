@@ -55,6 +55,37 @@ def test_generator_is_deterministic_per_seed():
     assert a.test != c.test and a.train != c.train
 
 
+def test_teacher_pairs_are_drawn_on_first_read_and_match_drawing_them_at_once():
+    """The 40,000 teacher pairs are generated when first read, from the random state the other
+    splits leave: the same pairs as continuing the generator by hand, and the other splits are
+    unchanged."""
+    import random
+
+    from distilkit.data import DataToTextTask
+
+    data = make_data_to_text(seed=3, **SMALL)
+    assert len(data.teacher_train) == 50 and "not generated" in repr(data.teacher_train)
+    # the generator by hand: test, valid, train, transfer, then the teacher's pairs
+    task, rng, seen = DataToTextTask(), random.Random(3), set()
+
+    def fresh():
+        while True:
+            mr = task.sample_mr(rng)
+            if linearize_mr(mr) not in seen:
+                seen.add(linearize_mr(mr))
+                return mr
+
+    test = [(mr, [task.realise(mr, rng) for _ in range(3)]) for mr in (fresh() for _ in range(10))]
+    valid = [(mr, task.realise(mr, rng)) for mr in (fresh() for _ in range(10))]
+    train = [(mr, task.realise(mr, rng)) for mr in (fresh() for _ in range(30))]
+    transfer = [fresh() for _ in range(20)]
+    teacher = [(mr, task.realise(mr, rng)) for mr in (fresh() for _ in range(50))]
+    assert (data.test, data.valid, data.train, data.transfer) == (test, valid, train, transfer)
+    assert data.teacher_train[:3] == teacher[:3]  # first read: generated now
+    assert list(data.teacher_train) == teacher and data.teacher_train == teacher
+    assert "not generated" not in repr(data.teacher_train)
+
+
 def test_split_sizes(data):
     assert (len(data.train), len(data.transfer), len(data.valid), len(data.test), len(data.teacher_train)) == (
         400, 6000, 200, 400, 40000)
