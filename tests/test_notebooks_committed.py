@@ -36,6 +36,7 @@ import json
 import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -296,21 +297,38 @@ def test_install_cell_follows_the_repository_setting(tmp_path):
         install_cell.repository_source(config)
 
 
+def _share_packages_except_distilkit(venv: Path, shared: Path) -> None:
+    """Make this environment's installed packages (torch, ipykernel and the rest) importable in
+    ``venv`` without distilkit: a folder of links to every entry of our site-packages except
+    distilkit's own entries and the ``.pth`` files, named in a ``.pth`` file of ``venv``. pip in
+    ``venv`` sees those packages as installed, so it installs distilkit alone."""
+    ours = Path(sysconfig.get_paths()["purelib"])
+    shared.mkdir()
+    for entry in ours.iterdir():
+        if entry.suffix == ".pth" or entry.name.lower().lstrip("_").startswith(("distilkit", "editable")):
+            continue
+        (shared / entry.name).symlink_to(entry)
+    assert (shared / "torch").exists() and not list(shared.glob("distilkit*"))
+    (next((venv / "lib").glob("python*/site-packages")) / "shared_test_packages.pth").write_text(f"{shared}\n")
+
+
 def test_install_cell_makes_distilkit_importable_in_a_fresh_environment(tmp_path, monkeypatch):
-    """As in Colab: a new virtual environment outside the repository, with torch (here the
-    CPU wheel that the project's own environment uses) and a kernel, but no distilkit.  The
-    notebook's first cell, pointed at this working tree with DISTILKIT_INSTALL_SOURCE,
-    installs the package; `import distilkit` then works in the same kernel."""
+    """As in Colab: a new virtual environment outside the repository, with torch and a kernel
+    already there (linked from this environment rather than unpacked again: torch is what Colab
+    preinstalls, not what is under test), but no distilkit.  The notebook's first cell, pointed
+    at this working tree with DISTILKIT_INSTALL_SOURCE, installs the package into the new
+    environment; `import distilkit` then works in the same kernel."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    import torch
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
-    torch_version = torch.__version__.split("+")[0]
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet",
-                    f"torch=={torch_version}", "ipykernel"], check=True, timeout=1200)
+    _share_packages_except_distilkit(venv, tmp_path / "shared-site-packages")
+    probe = subprocess.run([str(python), "-c", "import importlib.util as u, torch, ipykernel; "
+                            "print(u.find_spec('distilkit'))"], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+    assert probe.stdout.strip() == "None", probe.stdout + probe.stderr  # torch and a kernel, no distilkit
     kernels = tmp_path / "jupyter"
     subprocess.run([str(python), "-m", "ipykernel", "install", "--prefix", str(kernels),
                     "--name", "distilkit-fresh"], check=True, timeout=300,
