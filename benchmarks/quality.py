@@ -5,8 +5,8 @@
 
 Set-up (as chapter 4 and the README): the shipped ``d2t-teacher`` (trained on 40,000 pairs the
 students never see) and ``d2t-student`` models; every student has the same 400 labelled pairs
-and the same optimizer budget (steps, batch 64, lr, warm-up 50, final weights). The unlabelled
-transfer inputs are the first ``--transfer`` inputs of ``data.transfer``.
+and the same optimizer budget (steps, batch 64 -- 32 in quick mode --, lr, warm-up 50, final
+weights). The unlabelled transfer inputs are the first ``--transfer`` inputs of ``data.transfer``.
 
 Methods, each isolating one mechanism:
 
@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one seed, short runs, direction checks; writes nothing")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per student (default 500; quick 150)")
+    ap.add_argument("--batch-size", type=int, default=None, help="examples per step (default 64; quick 32)")
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--transfer", type=int, default=None, help="transfer inputs (default 3000; quick 300)")
     ap.add_argument("--student", default="d2t-student", help="student preset")
@@ -172,6 +173,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     steps = a.steps or (150 if a.quick else 500)
+    batch_size = a.batch_size or (32 if a.quick else 64)
     num_transfer = a.transfer or (300 if a.quick else 3000)
     seeds = [0] if a.quick else a.seeds
     methods = a.methods or (QUICK if a.quick else METHODS)
@@ -184,7 +186,7 @@ def main() -> None:
     runs = [teacher]
     for seed in seeds:
         for m in methods:
-            runs.append(run(ctx, m, seed, steps, a.lr, a.student, test_items))
+            runs.append(run(ctx, m, seed, steps, a.lr, a.student, test_items, batch_size=batch_size))
             r = runs[-1]
             print(f"seed {seed} {m:<26} BLEU {r['bleu']:6.2f}  SER {r['ser']:6.2f}%  ({r['train_seconds']:.0f} s)",
                   flush=True)
@@ -200,7 +202,7 @@ def main() -> None:
         sys.exit(1 if problems else 0)
     write_results(a.out, seeds, runs, threads=a.threads,
                   summary={k: summarise(runs, k) for k in ("bleu", "ser")},
-                  setup={"steps": steps, "lr": a.lr, "batch_size": 64, "labelled_pairs": len(ctx["labelled"]),
+                  setup={"steps": steps, "lr": a.lr, "batch_size": batch_size, "labelled_pairs": len(ctx["labelled"]),
                          "transfer_inputs": num_transfer, "student": a.student, "test_inputs": test_items,
                          "temperature": 1.0, "teacher_decoding_seconds": ctx["teacher_seconds"]})
     print(f"wrote {a.out}")

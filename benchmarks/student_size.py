@@ -33,7 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one seed, two sizes, short runs; writes nothing")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per student (default 400; quick 300)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per student (default 400; quick 200)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--transfer", type=int, default=None, help="transfer inputs (default 2000; quick 1000)")
@@ -54,7 +54,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    steps = a.steps or (300 if a.quick else 400)
+    steps = a.steps or (200 if a.quick else 400)
     num_transfer = a.transfer or (1000 if a.quick else 2000)
     seeds = [0] if a.quick else a.seeds
     sizes = a.sizes or (["tiny", "student"] if a.quick else list(SIZES))

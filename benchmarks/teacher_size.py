@@ -1,6 +1,6 @@
 """Teacher size: one student, teachers of several sizes (the capacity-gap question).
 
-    python benchmarks/teacher_size.py --quick        # CI: a 1-layer teacher and the shipped one, short runs
+    python benchmarks/teacher_size.py --quick        # CI: a briefly trained 1-layer teacher vs the shipped one
     python benchmarks/teacher_size.py --train-only   # train (or resume) the extra teachers into --work
     nice python benchmarks/teacher_size.py           # full: seeds 0 1 2 -> results/teacher_size.json
 
@@ -103,7 +103,7 @@ def main() -> None:
                          "checks; writes no results")
     ap.add_argument("--train-only", action="store_true", help="train (or resume) the extra teachers, then stop")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=None, help="student steps (default 500; quick: 120)")
+    ap.add_argument("--steps", type=int, default=None, help="student steps (default 500; quick: 300)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--teachers", nargs="+", default=None, choices=list(TEACHERS))
     ap.add_argument("--threads", type=int, default=1)
@@ -123,7 +123,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    steps = a.steps or (120 if a.quick else 500)
+    steps = a.steps or (300 if a.quick else 500)
     teacher_steps = 150 if a.quick else LM_TEACHER["steps"]
     seeds = [0] if a.quick else a.seeds
     names = a.teachers or (["1 layer d64", SHIPPED] if a.quick else list(TEACHERS))
@@ -144,9 +144,12 @@ def main() -> None:
     runs = []
     for seed in seeds:
         runs.append(distil(ctx, None, "no teacher", seed, steps, a.lr))
-        for n, m in teachers.items():
+        # quick mode distils from the 1-layer teacher only: the shipped teacher's student is
+        # lm_divergences' forward-KL student, which that script's quick mode checks
+        distil_from = {n: m for n, m in teachers.items() if not (a.quick and n == SHIPPED)}
+        for n, m in distil_from.items():
             runs.append(distil(ctx, m, n, seed, steps, a.lr))
-        for r in runs[-len(teachers) - 1:]:
+        for r in runs[-len(distil_from) - 1:]:
             print(f"seed {seed} {r['method']:<26} student ppl {r['perplexity']:.3f}  "
                   f"judge NLL {r['teacher_nll']:.3f}  {r['train_cpu_seconds']:.0f} CPU-s", flush=True)
     if a.quick:
@@ -155,8 +158,8 @@ def main() -> None:
         check(all(math.isfinite(r["perplexity"]) for r in runs), "every perplexity is finite", problems)
         check(ctx["teacher_ppl"][SHIPPED] < ctx["teacher_ppl"]["1 layer d64"],
               "the larger teacher has the lower held-out perplexity", problems)
-        check(all(by[n]["perplexity"] < by["no teacher"]["perplexity"] for n in names),
-              "every teacher (trained on all the text) beats hard labels on 10% of it", problems)
+        check(all(by[n]["perplexity"] < by["no teacher"]["perplexity"] for n in distil_from),
+              "the small teacher (trained on all the text) beats hard labels on 10% of it", problems)
         sys.exit(1 if problems else 0)
     write_results(a.out, seeds, runs, threads=a.threads, summary={k: summarise(runs, k) for k in METRICS},
                   setup={"steps": steps, "lr": a.lr, "block": LM_TEACHER["block"], "batch_size": 32,
