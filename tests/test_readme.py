@@ -1,7 +1,7 @@
 """The README's Python snippets, run exactly as they stand (each in a fresh interpreter), and
 checked against what the README says they do.
 
-The quickstart is a real distillation run (a few minutes on 2 CPU cores): it must print a
+The quickstart is a real distillation run (about a minute and a half on one CPU core): it must print a
 student BLEU of at least 50, the level of a student trained on the labelled pairs alone.
 """
 
