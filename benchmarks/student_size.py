@@ -31,12 +31,13 @@ KINDS = {"hard labels": "baseline", "KD": "word + seq KD"}  # quality.py's metho
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one seed, two sizes, short runs; writes nothing")
+    ap.add_argument("--quick", action="store_true", help="one seed, two sizes, short runs (the hard-label control for "
+                                                         "the larger size only); writes nothing")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per student (default 400; quick 200)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--transfer", type=int, default=None, help="transfer inputs (default 2000; quick 1000)")
+    ap.add_argument("--transfer", type=int, default=None, help="transfer inputs (default 2000; quick 500)")
     ap.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS / "student_size.json")
@@ -55,7 +56,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     steps = a.steps or (200 if a.quick else 400)
-    num_transfer = a.transfer or (1000 if a.quick else 2000)
+    num_transfer = a.transfer or (500 if a.quick else 2000)
     seeds = [0] if a.quick else a.seeds
     sizes = a.sizes or (["tiny", "student"] if a.quick else list(SIZES))
     test_items = 100 if a.quick else 400
@@ -68,6 +69,8 @@ def main() -> None:
         for size in sizes:
             preset, overrides = SIZES[size]
             for kind, method in KINDS.items():
+                if a.quick and kind != "KD" and size != sizes[-1]:
+                    continue  # quick: the smaller size is only compared with the larger, distilled
                 r = run(ctx, method, seed, steps, a.lr, preset, test_items, batch_size=a.batch_size, **overrides)
                 r.update(method=f"{size}, {kind}", size=size, kd=kind == "KD")
                 runs.append(r)
@@ -76,7 +79,7 @@ def main() -> None:
     if a.quick:
         by = {r["method"]: r for r in runs}
         problems: list = []
-        check(all(runs[0]["bleu"] > by[f"{s}, hard labels"]["bleu"] + 5 for s in sizes),
+        check(all(runs[0]["bleu"] > r["bleu"] + 5 for r in runs[1:] if not r["kd"]),
               "the teacher beats every hard-label student by > 5 BLEU", problems)
         check(by["student, KD"]["bleu"] > by["student, hard labels"]["bleu"],
               "KD beats hard labels for the largest student", problems)
