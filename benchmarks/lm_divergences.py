@@ -102,7 +102,20 @@ def sample_metrics(ctx, model, seed: int) -> dict:
                                                           for i in range(3)]}
 
 
-def run(ctx, method: str, seed: int, steps: int, lr: float) -> dict:
+def cached_logits(ctx, teacher=None, key: str = "shipped"):
+    """The student's training windows (``ctx["small"]``) with ``teacher``'s logits (default: the
+    shipped teacher), computed once per ``key``."""
+    cache = ctx.setdefault("cached_by", {})
+    if key not in cache:
+        cache[key] = ctx["dk"].precompute_teacher_logits(ctx["teacher"] if teacher is None else teacher,
+                                                         ctx["small"], progress=False)
+    return cache[key]
+
+
+def train_lm_student(ctx, seed: int, steps: int, lr: float, examples, targets=None):
+    """A fresh ``lm-student`` (weights from ``seed``) trained by the recipe every language-model
+    benchmark shares: batches of 32 windows, warm-up min(100, steps / 5), the last step's weights.
+    ``targets`` as for ``dk.train`` (None: hard labels). Returns (student, wall s, CPU s)."""
     import torch
 
     dk = ctx["dk"]
@@ -111,17 +124,21 @@ def run(ctx, method: str, seed: int, steps: int, lr: float) -> dict:
     torch.manual_seed(seed)
     student = dk.make_model("lm-student", len(ctx["tok"]))
     t, cpu = time.perf_counter(), time.process_time()
+    dk.train(student, examples, config=cfg, targets=targets)
+    return student, time.perf_counter() - t, time.process_time() - cpu
+
+
+def run(ctx, method: str, seed: int, steps: int, lr: float) -> dict:
+    dk = ctx["dk"]
     if method in HARD:
-        dk.train(student, ctx[HARD[method]], config=cfg)
+        examples, targets = ctx[HARD[method]], None
     elif method in OFF_POLICY:
-        if "cached" not in ctx:
-            ctx["cached"] = dk.precompute_teacher_logits(ctx["teacher"], ctx["small"], progress=False)
         kd = dk.KDConfig(alpha=1.0, temperature=1.0, **OFF_POLICY[method])
-        dk.train(student, ctx["cached"], config=cfg, targets=dk.CachedTeacherLogits(kd))
+        examples, targets = cached_logits(ctx), dk.CachedTeacherLogits(kd)
     else:
         kd = dk.KDConfig(alpha=1.0, temperature=1.0, **ON_POLICY[method])
-        dk.train(student, ctx["small"], config=cfg, targets=dk.OnPolicyTargets(ctx["teacher"], kd, lam=0.5))
-    seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
+        examples, targets = ctx["small"], dk.OnPolicyTargets(ctx["teacher"], kd, lam=0.5)
+    student, seconds, cpu_seconds = train_lm_student(ctx, seed, steps, lr, examples, targets)
     row = {"seed": seed, "method": method, "params": dk.count_parameters(student), "steps": steps,
            "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
            "perplexity": round(dk.perplexity(student, ctx["held"]), 4), **sample_metrics(ctx, student, seed)}

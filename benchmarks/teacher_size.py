@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's distilkit
 sys.path.insert(0, str(ROOT / "scripts"))
 from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
-from lm_divergences import load, sample_metrics  # noqa: E402
+from lm_divergences import cached_logits, load, sample_metrics, train_lm_student  # noqa: E402
 from train_checkpoints import LM_TEACHER  # noqa: E402
 
 SHIPPED = "6 layers d128 (shipped)"
@@ -71,23 +71,15 @@ def get_teacher(ctx, name: str, work: Path, steps: int):
 
 
 def distil(ctx, teacher, name: str, seed: int, steps: int, lr: float) -> dict:
-    import torch
-
     dk = ctx["dk"]
-    cfg = dk.TrainConfig(steps=steps, batch_size=32, lr=lr, warmup_steps=min(100, steps // 5), seed=seed,
-                         progress=False, device="cpu", restore_best=False)
-    torch.manual_seed(seed)
-    student = dk.make_model("lm-student", len(ctx["tok"]))
-    t = time.process_time()
     if teacher is None:
-        dk.train(student, ctx["small"], config=cfg)
+        examples, targets = ctx["small"], None
     else:
-        if name not in ctx.setdefault("cached_by", {}):
-            ctx["cached_by"][name] = dk.precompute_teacher_logits(teacher, ctx["small"], progress=False)
-        kd = dk.KDConfig(alpha=1.0, temperature=1.0)
-        dk.train(student, ctx["cached_by"][name], config=cfg, targets=dk.CachedTeacherLogits(kd))
+        examples = cached_logits(ctx, teacher, key=name)
+        targets = dk.CachedTeacherLogits(dk.KDConfig(alpha=1.0, temperature=1.0))
+    student, _, cpu_seconds = train_lm_student(ctx, seed, steps, lr, examples, targets)
     row = {"seed": seed, "method": name, "params": dk.count_parameters(student), "steps": steps,
-           "train_cpu_seconds": round(time.process_time() - t, 1),
+           "train_cpu_seconds": round(cpu_seconds, 1),
            "perplexity": round(dk.perplexity(student, ctx["held"]), 4),
            "teacher_nll": sample_metrics(ctx, student, seed)["teacher_nll"]}
     if teacher is not None:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
 from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
-from lm_divergences import load, sample_metrics  # noqa: E402
+from lm_divergences import cached_logits, load, sample_metrics, train_lm_student  # noqa: E402
 
 TEMPERATURES = [1.0, 2.0, 4.0, 8.0]
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -36,22 +35,13 @@ def cell_name(temperature, alpha: float) -> str:
 
 
 def run(ctx, temperature, alpha: float, seed: int, steps: int, lr: float) -> dict:
-    import torch
-
     dk = ctx["dk"]
-    cfg = dk.TrainConfig(steps=steps, batch_size=32, lr=lr, warmup_steps=min(100, steps // 5), seed=seed,
-                         progress=False, device="cpu", restore_best=False)
-    torch.manual_seed(seed)
-    student = dk.make_model("lm-student", len(ctx["tok"]))
-    if "cached" not in ctx:
-        ctx["cached"] = dk.precompute_teacher_logits(ctx["teacher"], ctx["small"], progress=False)
-    t, cpu = time.perf_counter(), time.process_time()
     if alpha == 0:
-        dk.train(student, ctx["small"], config=cfg)
+        examples, targets = ctx["small"], None
     else:
-        kd = dk.KDConfig(alpha=alpha, temperature=temperature)
-        dk.train(student, ctx["cached"], config=cfg, targets=dk.CachedTeacherLogits(kd))
-    seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
+        examples = cached_logits(ctx)
+        targets = dk.CachedTeacherLogits(dk.KDConfig(alpha=alpha, temperature=temperature))
+    student, seconds, cpu_seconds = train_lm_student(ctx, seed, steps, lr, examples, targets)
     samples = sample_metrics(ctx, student, seed)
     return {"seed": seed, "method": cell_name(temperature, alpha), "temperature": temperature if alpha else None,
             "alpha": alpha, "params": dk.count_parameters(student), "steps": steps,
