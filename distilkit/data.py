@@ -345,6 +345,16 @@ class DataToTextTask:
         return _WORDS.join(_WORDS.split(text))
 
 
+def _fresh_mr(task: "DataToTextTask", rng: random.Random, seen: set) -> Dict[str, str]:
+    """A sampled MR whose linearisation is not in ``seen`` (which it joins)."""
+    while True:
+        mr = task.sample_mr(rng)
+        key = linearize_mr(mr)
+        if key not in seen:
+            seen.add(key)
+            return mr
+
+
 class _GeneratedPairs(Sequence):
     """A list of (mr, text) pairs generated on first use.
 
@@ -361,13 +371,7 @@ class _GeneratedPairs(Sequence):
             task, state, seen = self._args
             rng, seen = random.Random(), set(seen)
             rng.setstate(state)
-            pairs = []
-            while len(pairs) < self._n:
-                mr = task.sample_mr(rng)
-                key = linearize_mr(mr)
-                if key not in seen:
-                    seen.add(key)
-                    pairs.append((mr, task.realise(mr, rng)))
+            pairs = [(mr, task.realise(mr, rng)) for mr in (_fresh_mr(task, rng, seen) for _ in range(self._n))]
             self._pairs, self._args = pairs, None
         return self._pairs
 
@@ -452,12 +456,7 @@ def make_data_to_text(
     seen = set()
 
     def fresh_mr():
-        while True:
-            mr = task.sample_mr(rng)
-            key = linearize_mr(mr)
-            if key not in seen:
-                seen.add(key)
-                return mr
+        return _fresh_mr(task, rng, seen)
 
     test = []
     for _ in range(num_test):
