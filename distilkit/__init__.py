@@ -2,19 +2,28 @@
 
 The public API, re-exported from the modules:
 
-* losses      -- ``distillation_loss``, ``per_token_divergence``, ``temperature_softmax``, ...
-* models      -- ``Seq2SeqLSTM``, ``TransformerLM``, presets, ``count_parameters``
-* data        -- tokenizers, the data-to-text task, the text corpus, batching
-* train       -- ``train``, ``distill``, ``TrainConfig``, ``KDConfig``, targets
-* generate    -- greedy, beam search, sampling
+The rooms of the package, from the top down; each may import only the rooms below it (a test
+checks that there are no import cycles, lazy imports included):
+
+* cli/        -- ``distilkit`` on the command line: parser (standard library only), inputs
+  (flags -> models, data, configs), commands
+* experiments, notebook -- what the book and the demo use (the shipped teachers, comparisons)
+* training/   -- ``train``, ``distill``, ``TrainConfig``, ``KDConfig``; the ``Targets`` contract and
+  every kind of target (``kd_loss`` maps KD settings to the loss); resume; torchrun
 * metrics     -- perplexity, BLEU, slot error rate, agreement, decoding speed
-* checkpoint  -- safetensors checkpoints, atomic writes
-* adapters    -- ``adapt``: one protocol for distilkit and Hugging Face models (``hf`` extra);
-  ``save_pretrained`` exports a model in its family's format
+* cache       -- the top-k teacher cache on disk: ``cache_teacher_logits``, ``load_teacher_cache``
+* decoding    -- greedy, beam search, sampling
 * vocab       -- ``check_vocab``: one tokenizer and output width for teacher and student
-* cache       -- ``cache_teacher_logits``, ``load_teacher_cache``: a top-k teacher cache on disk
-* distributed -- torchrun / DistributedDataParallel inside ``train`` (no public names)
-* userdata    -- the user's text and JSONL files, line-numbered errors
+* adapters, protocol, hf -- the one seam for model kinds: ``adapt`` (distilkit and Hugging Face
+  models), ``save_pretrained``
+* checkpoint  -- safetensors checkpoints, atomic writes
+* models      -- ``Seq2SeqLSTM``, ``TransformerLM``, presets, ``count_parameters``
+* losses/     -- all loss maths: divergences, ``distillation_loss``, the chunked loss, the top-k loss
+* data, userdata -- tokenizers, the data-to-text task, the text corpus, batching; the user's files
+
+Moved in 0.2 (see CHANGELOG.md): ``distilkit.train`` -> ``distilkit.training``,
+``distilkit.generate`` -> ``distilkit.decoding``, ``distilkit.distributed`` ->
+``distilkit.training.distributed``; every ``dk.*`` name is unchanged.
 
 The sub-modules are imported on first use (PEP 562): ``import distilkit`` is cheap and does
 not import torch, so ``distilkit --help`` answers at once. ``dk.X`` and ``from distilkit import X``
@@ -27,8 +36,6 @@ under ``if TYPE_CHECKING:`` (for static type checkers; a test checks that the tw
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, List
 
@@ -48,7 +55,7 @@ _EXPORTS = {
     "CacheMismatchError": "cache",
     "cache_teacher_logits": "cache",
     "load_teacher_cache": "cache",
-    "topk_distillation_loss": "cache",
+
     # checkpoint
     "CheckpointError": "checkpoint",
     "load_model": "checkpoint",
@@ -72,10 +79,10 @@ _EXPORTS = {
     "load_tokenizer": "data",
     "make_data_to_text": "data",
     # generate
-    "beam_search": "generate",
-    "generate": "generate",
-    "greedy": "generate",
-    "sample": "generate",
+    "beam_search": "decoding",
+    "generate": "decoding",
+    "greedy": "decoding",
+    "sample": "decoding",
     # losses
     "DIVERGENCES": "losses",
     "chunked_distillation_loss": "losses",
@@ -86,6 +93,7 @@ _EXPORTS = {
     "per_token_divergence": "losses",
     "temperature_log_softmax": "losses",
     "temperature_softmax": "losses",
+    "topk_distillation_loss": "losses",
     # metrics
     "agreement": "metrics",
     "bleu_and_ser": "metrics",
@@ -103,20 +111,21 @@ _EXPORTS = {
     "count_parameters": "models",
     "make_model": "models",
     # train
-    "CachedTeacherLogits": "train",
-    "HardLabels": "train",
-    "History": "train",
-    "KDConfig": "train",
-    "OnPolicyTargets": "train",
-    "TeacherLogits": "train",
-    "Targets": "train",
-    "TrainConfig": "train",
-    "distill": "train",
-    "evaluate_loss": "train",
-    "precompute_teacher_logits": "train",
-    "resolve_device": "train",
-    "sequence_level_data": "train",
-    "train": "train",
+    "CachedTeacherLogits": "training",
+    "HardLabels": "training",
+    "History": "training",
+    "KDConfig": "training",
+    "OnPolicyTargets": "training",
+    "TeacherLogits": "training",
+    "Targets": "training",
+    "TrainConfig": "training",
+    "CacheTargets": "training",
+    "distill": "training",
+    "evaluate_loss": "training",
+    "precompute_teacher_logits": "training",
+    "resolve_device": "training",
+    "sequence_level_data": "training",
+    "train": "training",
     # vocab
     "check_vocab": "vocab",
     # experiments
@@ -124,21 +133,15 @@ _EXPORTS = {
 }
 
 # sub-modules used as ``dk.experiments``, ``dk.notebook``, ...
-_SUBMODULES = ("adapters", "cache", "checkpoint", "cli", "data", "distributed", "experiments", "generate", "hf",
-               "losses", "metrics", "models", "notebook", "protocol", "train", "userdata", "vocab")
+_SUBMODULES = ("adapters", "cache", "checkpoint", "cli", "data", "decoding", "experiments", "hf", "losses",
+               "metrics", "models", "notebook", "protocol", "training", "userdata", "vocab")
 
 __all__ = [*_EXPORTS, "experiments", "notebook"]
 
 if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _EXPORTS
     from . import experiments, notebook
     from .adapters import ModelAdapter, adapt, save_pretrained
-    from .cache import (
-        CacheMismatchError,
-        TeacherCache,
-        cache_teacher_logits,
-        load_teacher_cache,
-        topk_distillation_loss,
-    )
+    from .cache import CacheMismatchError, TeacherCache, cache_teacher_logits, load_teacher_cache
     from .checkpoint import CheckpointError, load_model, load_weights, save_model
     from .data import (
         IGNORE_INDEX,
@@ -159,7 +162,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
         make_data_to_text,
     )
     from .experiments import load_teacher
-    from .generate import beam_search, generate, greedy, sample
+    from .decoding import beam_search, generate, greedy, sample
     from .losses import (
         DIVERGENCES,
         chunked_distillation_loss,
@@ -170,6 +173,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
         per_token_divergence,
         temperature_log_softmax,
         temperature_softmax,
+        topk_distillation_loss,
     )
     from .metrics import (
         agreement,
@@ -189,8 +193,9 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
         count_parameters,
         make_model,
     )
-    from .train import (
+    from .training import (
         CachedTeacherLogits,
+        CacheTargets,
         HardLabels,
         History,
         KDConfig,
@@ -222,17 +227,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> List[str]:
     return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
-
-
-class _Package(types.ModuleType):
-    """``dk.train`` and ``dk.generate`` are functions, although ``distilkit.train`` and
-    ``distilkit.generate`` are also modules: importing such a module (``from distilkit.train
-    import TrainConfig``) must not replace the function of the same name on the package."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
-            return  # the module stays reachable through sys.modules; the name means the function
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

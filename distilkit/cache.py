@@ -8,28 +8,9 @@ teacher, the vocabulary size, ``k``, ``T``, the example count and a hash of the 
 :func:`load_teacher_cache` reopens the folder; ``dk.distill(student, cache, examples)`` then
 trains with no teacher in memory, reading rows lazily from memory-mapped shards.
 
-How the tail enters the divergence (the "rest bucket")
-------------------------------------------------------
-Let ``S`` be the teacher's top-k token set at a position, ``p = softmax(teacher / T)`` and
-``q = softmax(student / T)``. Both distributions are coarsened onto ``k + 1`` outcomes: the
-``k`` tokens of ``S`` and one bucket ``R`` for everything else::
-
-    p~ = (p_s for s in S, p_R = 1 - sum_{s in S} p_s)
-    q~ = (q_s for s in S, q_R = 1 - sum_{s in S} q_s)
-
-and every divergence of :func:`distilkit.losses.divergence_from_log_probs` is taken between
-``p~`` and ``q~``; for forward KL::
-
-    KL(p~ || q~) = sum_{s in S} p_s log(p_s / q_s) + p_R log(p_R / q_R).
-
-The student's tail mass ``q_R`` is computed exactly as a log-sum-exp of its log-probabilities
-outside ``S`` (never as ``1 - sum``), and the teacher's ``log p_R`` is stored the same way.
-By the data-processing inequality the coarsened divergence never exceeds the full one, and the
-two are equal when ``S`` is the whole vocabulary (``k = vocab``: ``p_R = q_R = 0`` and the
-bucket contributes ``0 log 0 = 0``). Unlike renormalising over ``S``, this keeps the gradient
-that pushes the student's mass *off* tokens the teacher considers unlikely. The hard term is
-the student's ordinary cross-entropy against the labels, as in
-:func:`distilkit.losses.distillation_loss`.
+The loss that reads it is :func:`distilkit.losses.topk_distillation_loss` (the maths of the
+"rest bucket" is in :mod:`distilkit.losses.topk`); the training loop's side is
+:class:`distilkit.training.targets.CacheTargets`. This module is the on-disk format only.
 """
 
 from __future__ import annotations
@@ -49,27 +30,20 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
+from .adapters import adapt
 from .checkpoint import atomic_write_bytes
 from .data import IGNORE_INDEX
-from .losses import (
-    _check_divergence,
-    _check_temperature,
-    _check_unit,
-    _upcast,
-    divergence_from_log_probs,
-)
-from .train import KDConfig, Targets
+from .losses import TopKTeacher
+from .losses.checks import check_temperature
 
 __all__ = [
     "CacheMismatchError",
-    "CacheTargets",
+    "CachedBatch",
+    "IndexedExamples",
     "TeacherCache",
-    "TopKTeacher",
     "cache_teacher_logits",
     "load_teacher_cache",
     "hash_examples",
-    "topk_distillation_loss",
-    "topk_divergence",
 ]
 
 MANIFEST = "manifest.json"
@@ -103,103 +77,6 @@ def hash_examples(examples: Iterable) -> str:
         n += 1
     h.update(f"count={n}".encode())
     return h.hexdigest()
-
-
-# ============================================================================ the loss
-@dataclass
-class TopKTeacher:
-    """The teacher's side of a batch, read from a cache.
-
-    log_probs: (batch, seq, k) float32 -- ``log p_s`` at temperature T for the top-k tokens;
-    indices: (batch, seq, k) long -- their token ids;
-    tail: (batch, seq) float32 -- ``log p_R``, the log mass outside the top k (``-inf`` if none).
-    Values at positions whose label is ``IGNORE_INDEX`` are meaningless.
-    """
-
-    log_probs: torch.Tensor
-    indices: torch.Tensor
-    tail: torch.Tensor
-    temperature: float
-
-    def to(self, device) -> "TopKTeacher":
-        return TopKTeacher(self.log_probs.to(device), self.indices.to(device), self.tail.to(device),
-                           self.temperature)
-
-
-def _coarsen(student_log_q: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """(N, V) student log-probs -> (N, k + 1): the top-k entries and the exact log tail mass."""
-    top = student_log_q.gather(-1, indices)
-    rest = student_log_q.scatter(-1, indices, float("-inf"))
-    return torch.cat([top, torch.logsumexp(rest, dim=-1, keepdim=True)], dim=-1)
-
-
-def _teacher_buckets(log_probs: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
-    """(N, k), (N,) -> (N, k + 1), renormalised so the buckets sum to one in float32
-    (a float16 cache rounds the stored values)."""
-    log_p = torch.cat([_upcast(log_probs), _upcast(tail).to(_upcast(log_probs).dtype).unsqueeze(-1)],
-                      dim=-1)
-    return log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
-
-
-def topk_divergence(
-    student_logits: torch.Tensor,
-    teacher: TopKTeacher,
-    *,
-    divergence: str = "forward_kl",
-    beta: float = 0.5,
-) -> torch.Tensor:
-    """Per-position divergence between the coarsened teacher and student distributions.
-
-    student_logits: (N, vocab); teacher fields flattened to (N, k), (N, k), (N,).
-    Returns (N,). See the module docstring for the math.
-    """
-    beta = _check_divergence(divergence, beta)
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        log_q = F.log_softmax(_upcast(student_logits) / teacher.temperature, dim=-1)
-        log_q = _coarsen(log_q, teacher.indices.long())
-        log_p = _teacher_buckets(teacher.log_probs, teacher.tail).to(log_q.dtype)
-        return divergence_from_log_probs(log_p, log_q, divergence, beta)
-
-
-def topk_distillation_loss(
-    student_logits: torch.Tensor,
-    teacher: TopKTeacher,
-    labels: torch.Tensor,
-    *,
-    alpha: float = 0.5,
-    divergence: str = "forward_kl",
-    beta: float = 0.5,
-    t2_scale: bool = True,
-    reduction: str = "sum",
-    ignore_index: int = IGNORE_INDEX,
-) -> torch.Tensor:
-    """``alpha * T^2 * D(p~ || q~) + (1 - alpha) * CE(labels, q)`` from a top-k teacher.
-
-    student_logits: (batch, seq, vocab); teacher: a :class:`TopKTeacher` with (batch, seq, k)
-    fields; labels: (batch, seq) with ``ignore_index`` at positions that do not count.
-    ``reduction="sum"`` sums over counted positions, ``"mean"`` divides by their number. With
-    ``k = vocab`` this equals :func:`distilkit.losses.distillation_loss` on the full logits.
-    """
-    alpha = _check_unit("alpha", alpha, False, False)
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    if student_logits.shape[:-1] != labels.shape:
-        raise ValueError(f"student_logits {tuple(student_logits.shape)} and labels "
-                         f"{tuple(labels.shape)} must agree on (batch, seq)")
-    if teacher.indices.shape[:-1] != labels.shape:
-        raise ValueError(f"cached teacher rows {tuple(teacher.indices.shape)} do not line up with "
-                         f"labels {tuple(labels.shape)}")
-    mask = labels != ignore_index
-    flat = TopKTeacher(teacher.log_probs[mask], teacher.indices[mask], teacher.tail[mask],
-                       teacher.temperature)
-    soft = topk_divergence(student_logits[mask], flat, divergence=divergence, beta=beta).sum()
-    if t2_scale:
-        soft = soft * teacher.temperature ** 2
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        hard = F.cross_entropy(_upcast(student_logits).reshape(-1, student_logits.shape[-1]),
-                               labels.reshape(-1).long(), ignore_index=ignore_index, reduction="sum")
-    total = alpha * soft + (1.0 - alpha) * hard
-    return total if reduction == "sum" else total / mask.sum().clamp(min=1)
 
 
 # ============================================================================ writing
@@ -244,13 +121,11 @@ def cache_teacher_logits(
     bytes. The manifest is written last, atomically, so an interrupted run leaves no cache
     that :func:`load_teacher_cache` would accept.
     """
-    from .adapters import adapt
-
     adapter = adapt(teacher)
     vocab = int(adapter.vocab_size)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab:
         raise ValueError(f"top_k must be an int in [1, {vocab}] (the teacher's vocab size), got {top_k!r}")
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature(temperature)
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"dtype must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
     for name, v in (("batch_size", batch_size), ("examples_per_shard", examples_per_shard)):
@@ -493,39 +368,3 @@ class CachedBatch:
 def load_teacher_cache(path: Union[str, Path]) -> TeacherCache:
     """Reopen a cache written by :func:`cache_teacher_logits` (reads only the manifest)."""
     return TeacherCache(path)
-
-
-# ============================================================================ in the loop
-class CacheTargets(Targets):
-    """Word-level KD from a :class:`TeacherCache` (what ``dk.distill(student, cache, examples)``
-    uses): no teacher in memory; each batch carries its rows (:meth:`TeacherCache.collate_fn`)
-    and the loss is :func:`topk_distillation_loss`. ``kd.temperature`` must be the cache's."""
-
-    def __init__(self, cache: TeacherCache, kd: Optional[KDConfig] = None):
-        if not isinstance(cache, TeacherCache):
-            raise TypeError(f"cache must be a TeacherCache, got {type(cache).__name__}")
-        self.cache = cache
-        self.kd = kd if kd is not None else KDConfig(temperature=cache.temperature)
-
-    def prepare(self, examples: Sequence, collate: Callable, vocab_size: Optional[int]):
-        """Check the cache against the examples and the student; index the examples."""
-        self.cache.check(examples, vocab_size=vocab_size, temperature=self.kd.temperature)
-        return IndexedExamples(examples), self.cache.collate_fn(collate)
-
-    def __call__(self, batch, student):
-        if not isinstance(batch, CachedBatch):
-            raise TypeError("CacheTargets needs the batches its prepare() makes")
-        return batch.batch, batch.teacher
-
-    def loss_sum(self, student_logits, teacher: TopKTeacher, labels: torch.Tensor,
-                 check_values: bool = False, alignment=None) -> torch.Tensor:
-        if alignment is not None:
-            raise ValueError("a teacher cache holds the teacher's own vocabulary; vocab_alignment "
-                             "does not apply to it")
-        if isinstance(student_logits, tuple):  # kd.memory_bounded: (hidden, weight, bias)
-            hidden, weight, bias = student_logits
-            student_logits = hidden @ weight.T + (bias if bias is not None else 0)
-        kd = self.kd
-        return topk_distillation_loss(student_logits, teacher, labels, alpha=kd.alpha,
-                                      divergence=kd.divergence, beta=kd.beta,
-                                      t2_scale=kd.t2_scale, reduction="sum")

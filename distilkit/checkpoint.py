@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .data import _Tokenizer, tokenizer_from_dict
+from .data import Tokenizer, tokenizer_from_dict
 from .models import config_from_dict, config_to_dict, model_from_config
 
 __all__ = ["CheckpointError", "save_model", "load_model", "load_weights", "write_checkpoint",
@@ -143,7 +143,7 @@ def read_checkpoint_meta(path: Union[str, Path]) -> dict:
         raise CheckpointError(f"{path} has no readable distilkit header: {exc!r}") from None
 
 
-def save_model(model: torch.nn.Module, path: Union[str, Path], tokenizer: Optional[_Tokenizer] = None,
+def save_model(model: torch.nn.Module, path: Union[str, Path], tokenizer: Optional[Tokenizer] = None,
                extra: Optional[dict] = None) -> None:
     """Save a distilkit model's weights, config (and optionally its tokenizer) to ``path``."""
     if not hasattr(model, "config"):

@@ -13,9 +13,9 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-import torch
+from .batching import IGNORE_INDEX, BatchIterator, LMBatch, Seq2SeqBatch, collate_lm, collate_seq2seq
 
 __all__ = [
     "PAD",
@@ -23,6 +23,7 @@ __all__ = [
     "EOS",
     "UNK",
     "IGNORE_INDEX",
+    "Tokenizer",
     "WordTokenizer",
     "CharTokenizer",
     "load_tokenizer",
@@ -42,11 +43,10 @@ __all__ = [
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
-IGNORE_INDEX = -100
 
 
 # ============================================================================ tokenizers
-class _Tokenizer:
+class Tokenizer:
     """Shared vocabulary logic: ids 0..3 are <pad>, <bos>, <eos>, <unk>."""
 
     kind = "base"
@@ -111,10 +111,10 @@ class _Tokenizer:
         _atomic_write_text(Path(path), json.dumps(self.to_dict(), ensure_ascii=False))
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, _Tokenizer) and self.to_dict() == other.to_dict()
+        return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
 
 
-class WordTokenizer(_Tokenizer):
+class WordTokenizer(Tokenizer):
     """Lower-cased words and punctuation as separate tokens; ``decode(encode(s))`` gives back
     the normalised text (single spaces, no space before punctuation)."""
 
@@ -139,7 +139,7 @@ class WordTokenizer(_Tokenizer):
         return cls(list(SPECIALS) + vocab)
 
 
-class CharTokenizer(_Tokenizer):
+class CharTokenizer(Tokenizer):
     """One token per character; round-trips exactly for characters seen when it was built."""
 
     kind = "char"
@@ -156,7 +156,7 @@ class CharTokenizer(_Tokenizer):
         return cls(list(SPECIALS) + chars)
 
 
-def tokenizer_from_dict(d: dict) -> _Tokenizer:
+def tokenizer_from_dict(d: dict) -> Tokenizer:
     if not isinstance(d, dict) or "kind" not in d or "tokens" not in d:
         raise ValueError("a tokenizer description needs 'kind' and 'tokens'")
     kinds = {"word": WordTokenizer, "char": CharTokenizer}
@@ -168,7 +168,7 @@ def tokenizer_from_dict(d: dict) -> _Tokenizer:
     return kinds[d["kind"]](tokens)
 
 
-def load_tokenizer(path: Union[str, Path]) -> _Tokenizer:
+def load_tokenizer(path: Union[str, Path]) -> Tokenizer:
     """Load a tokenizer written by ``tokenizer.save(path)``."""
     path = Path(path)
     try:
@@ -507,160 +507,3 @@ def lm_examples(ids: Sequence[int], block_size: int, stride: Optional[int] = Non
     return [list(ids[i : i + block_size + 1]) for i in range(0, n - block_size, stride)]
 
 
-# ============================================================================ batching
-@dataclass
-class Seq2SeqBatch:
-    """src: (batch, src_len) ids, right-padded; src_lengths: (batch,);
-    decoder_input: (batch, tgt_len) = <bos> + target[:-1]; labels: (batch, tgt_len) with
-    ``IGNORE_INDEX`` at padding; attention_mask: (batch, src_len), 1 at real source tokens
-    (derived from ``src_lengths`` when not given)."""
-
-    src: torch.Tensor
-    src_lengths: torch.Tensor
-    decoder_input: torch.Tensor
-    labels: torch.Tensor
-    teacher_logits: Optional[torch.Tensor] = None  # (batch, tgt_len, vocab) when cached
-    attention_mask: Optional[torch.Tensor] = None
-
-    def __post_init__(self):
-        if self.attention_mask is None:
-            positions = torch.arange(self.src.shape[1], device=self.src.device)
-            self.attention_mask = (positions[None, :] < self.src_lengths.to(self.src.device)[:, None]).long()
-
-    def to(self, device, non_blocking: bool = False) -> "Seq2SeqBatch":
-        """The batch on ``device``; ``src_lengths`` stays in host memory (packing reads it)."""
-        nb = non_blocking
-        tl = None if self.teacher_logits is None else self.teacher_logits.to(device, non_blocking=nb)
-        return Seq2SeqBatch(self.src.to(device, non_blocking=nb), self.src_lengths,
-                            self.decoder_input.to(device, non_blocking=nb),
-                            self.labels.to(device, non_blocking=nb), tl,
-                            self.attention_mask.to(device, non_blocking=nb))
-
-    def __len__(self) -> int:
-        return self.src.shape[0]
-
-
-@dataclass
-class LMBatch:
-    """input_ids: (batch, seq); labels: (batch, seq), the inputs shifted by one, padding =
-    ``IGNORE_INDEX``; attention_mask: (batch, seq), 1 at real input tokens (``None``: all real)."""
-
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    teacher_logits: Optional[torch.Tensor] = None  # (batch, seq, vocab) when cached
-    attention_mask: Optional[torch.Tensor] = None
-
-    def to(self, device, non_blocking: bool = False) -> "LMBatch":
-        nb = non_blocking
-        tl = None if self.teacher_logits is None else self.teacher_logits.to(device, non_blocking=nb)
-        mask = None if self.attention_mask is None else self.attention_mask.to(device, non_blocking=nb)
-        return LMBatch(self.input_ids.to(device, non_blocking=nb), self.labels.to(device, non_blocking=nb), tl,
-                       mask)
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-
-def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-    return out
-
-
-def _pad_logits(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
-    out = torch.zeros(len(rows), width, rows[0].shape[-1], dtype=rows[0].dtype)
-    for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r
-    return out
-
-
-def collate_seq2seq(examples: Sequence[Tuple[Sequence[int], Sequence[int]]], pad_id: int = 0,
-                    bos_id: int = 1) -> Seq2SeqBatch:
-    """Pad (source ids, target ids ending in <eos>) pairs into a :class:`Seq2SeqBatch`.
-
-    An example may carry a third element, the teacher's logits for its target,
-    (tgt_len, vocab) -- see :func:`distilkit.train.precompute_teacher_logits`.
-    """
-    if len(examples) == 0:
-        raise ValueError("examples must not be empty")
-    for i, ex in enumerate(examples):
-        if not (isinstance(ex, (tuple, list)) and len(ex) in (2, 3)):
-            raise TypeError(f"examples[{i}] must be a (source_ids, target_ids[, teacher_logits]) tuple")
-        if len(ex[0]) == 0 or len(ex[1]) == 0:
-            raise ValueError(f"examples[{i}] has an empty source or target")
-    src = [list(ex[0]) for ex in examples]
-    tgt = [list(ex[1]) for ex in examples]
-    labels = _pad(tgt, IGNORE_INDEX)
-    dec_in = _pad([[bos_id] + t[:-1] for t in tgt], pad_id)
-    cached = [ex[2] for ex in examples if len(ex) == 3]
-    if cached and len(cached) != len(examples):
-        raise ValueError("either every example in a batch carries teacher logits or none does")
-    tl = _pad_logits(cached, labels.shape[1]) if cached else None
-    return Seq2SeqBatch(_pad(src, pad_id), torch.tensor([len(s) for s in src]), dec_in, labels, tl)
-
-
-def collate_lm(examples: Sequence, pad_id: int = 0) -> LMBatch:
-    """Pad windows of ``n + 1`` token ids into an :class:`LMBatch` (input = [:-1], label = [1:]).
-
-    An example may instead be a pair ``(window, teacher_logits)`` with logits (n, vocab).
-    """
-    if len(examples) == 0:
-        raise ValueError("examples must not be empty")
-    cached = [ex[1] for ex in examples if isinstance(ex, tuple) and len(ex) == 2
-              and isinstance(ex[1], torch.Tensor)]
-    if cached and len(cached) != len(examples):
-        raise ValueError("either every example in a batch carries teacher logits or none does")
-    windows = [ex[0] for ex in examples] if cached else list(examples)
-    for i, ex in enumerate(windows):
-        if len(ex) < 2:
-            raise ValueError(f"examples[{i}] needs at least 2 tokens (an input and a target)")
-    inputs = _pad([list(e[:-1]) for e in windows], pad_id)
-    labels = _pad([list(e[1:]) for e in windows], IGNORE_INDEX)
-    mask = _pad([[1] * (len(e) - 1) for e in windows], 0)
-    return LMBatch(inputs, labels, _pad_logits(cached, labels.shape[1]) if cached else None, mask)
-
-
-class BatchIterator:
-    """Endless, seeded, resumable batches: shuffles ``examples`` once per epoch with a
-    generator seeded by ``(seed, epoch)``; ``state_dict()`` / ``load_state_dict()`` record the
-    position so a resumed run sees exactly the batches the interrupted one would have seen."""
-
-    def __init__(self, examples: Sequence, batch_size: int, collate, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = False):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if len(examples) == 0:
-            raise ValueError("examples must not be empty: there is nothing to train on")
-        self.examples, self.batch_size, self.collate = examples, batch_size, collate
-        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
-        self.epoch, self.position = 0, 0
-        self._order = self._make_order()
-
-    def _make_order(self) -> List[int]:
-        if not self.shuffle:
-            return list(range(len(self.examples)))
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        return torch.randperm(len(self.examples), generator=g).tolist()
-
-    def __iter__(self) -> Iterator:
-        return self
-
-    def __next__(self):
-        n = len(self.examples)
-        end = self.position + self.batch_size
-        if self.position >= n or (self.drop_last and end > n):
-            self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._make_order()
-            end = self.batch_size
-        idx = self._order[self.position : min(end, n)]
-        self.position = min(end, n)
-        return self.collate([self.examples[i] for i in idx])
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._make_order()

@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_model
 from .data import DataToTextData, make_data_to_text
-from .generate import greedy
+from .decoding import greedy
 from .metrics import corpus_bleu, decoding_speed, perplexity, slot_error_rate
 from .models import count_parameters, make_model
-from .train import (
+from .training import (
     CachedTeacherLogits,
     History,
     KDConfig,

@@ -13,9 +13,9 @@ import torch.nn as nn
 
 from .adapters import adapt
 from .data import IGNORE_INDEX, extract_slots
-from .generate import greedy
+from .decoding import greedy
 from .losses import per_token_divergence
-from .train import evaluate_loss
+from .training import evaluate_loss
 
 __all__ = [
     "perplexity",
@@ -151,7 +151,7 @@ def bleu_and_ser(model: nn.Module, data, split: str = "test", max_new_tokens: in
                  batch_size: int = 200, method: str = "greedy", **kwargs) -> Dict[str, object]:
     """Decode a data-to-text split and score it: BLEU against all references and the slot
     error rate. Returns ``{"bleu", "slot_error_rate", "outputs"}``."""
-    from .generate import generate
+    from .decoding import generate
 
     items = getattr(data, split)
     mrs = [mr for mr, _ in items]

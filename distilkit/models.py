@@ -45,12 +45,12 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _check_token_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
+def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
     """Raise ``ValueError`` if ``ids`` (any shape) holds an id outside ``[0, vocab_size)``.
 
     The values are read only when ``ids`` live in host memory: on an accelerator, reading them
     back would stall the device once per forward pass. Ids that reach a model on an accelerator
-    were checked on the host where they were made (:func:`distilkit.generate` checks its
+    were checked on the host where they were made (:func:`distilkit.decoding.generate` checks its
     ``inputs``; :func:`distilkit.train` checks each batch before moving it to the device)."""
     if ids.device.type != "cpu":
         return
@@ -123,7 +123,7 @@ class Seq2SeqLSTM(nn.Module):
             raise TypeError(f"src must be an integer (torch.long) tensor of token ids, got dtype {src.dtype}")
         if src.numel() == 0:
             raise ValueError(f"src must not be empty, got shape {tuple(src.shape)}")
-        _check_token_ids(src, c.vocab_size, "src token ids")
+        check_token_ids(src, c.vocab_size, "src token ids")
         emb = self.drop(self.src_embed(src))
         # sort by length on the host: torch's enforce_sorted=False path copies the order to the
         # device and reads it back, two waits for the device per call
@@ -279,7 +279,7 @@ class TransformerLM(nn.Module):
                 f"sequence length {ids.shape[1] + offset} exceeds the model's max_len {c.max_len}; "
                 "truncate the input or use a model with a larger max_len"
             )
-        _check_token_ids(ids, c.vocab_size, "token ids")
+        check_token_ids(ids, c.vocab_size, "token ids")
         pos = torch.arange(offset, offset + ids.shape[1], device=ids.device)
         x = self.drop(self.tok(ids) + self.pos(pos))
         new = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .train import resolve_device
+from .training import resolve_device
 
 __all__ = ["NotebookSetup", "setup", "progress_wanted", "load_results", "metric_by_method", "mean_std", "Comparison",
            "compare"]

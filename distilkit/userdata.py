@@ -112,17 +112,20 @@ def read_jsonl_pairs(path: Union[str, Path]) -> List[Tuple[str, str]]:
 
 # ============================================================================ encoding
 def _is_distilkit_tokenizer(tok: Any) -> bool:
-    from .data import _Tokenizer
+    from .data import Tokenizer
 
-    return isinstance(tok, _Tokenizer)
+    return isinstance(tok, Tokenizer)
 
 
 def encode_text(tokenizer: Any, text: str, add_eos: bool = False) -> List[int]:
     """Token ids of ``text``. distilkit tokenizers append ``<eos>`` when ``add_eos``; Hugging
     Face tokenizers add their own special tokens (T5/BART end with ``</s>``, GPT-2 adds none),
-    and ``add_eos`` appends ``eos_token_id`` only where the tokenizer did not already."""
+    and ``add_eos`` appends ``eos_token_id`` only where the tokenizer did not already.
+
+    A word (or character) a distilkit tokenizer does not know is an error that lists them: it is
+    never silently replaced by ``<unk>``."""
     if _is_distilkit_tokenizer(tokenizer):
-        return tokenizer.encode(text, add_eos=add_eos)
+        return tokenizer.encode(text, add_eos=add_eos, unknown="error")
     ids = list(tokenizer(text)["input_ids"])
     eos = getattr(tokenizer, "eos_token_id", None)
     if add_eos and eos is not None and (not ids or ids[-1] != eos):
@@ -148,8 +151,12 @@ def encode_text_pairs(pairs: Sequence[Tuple[str, str]], tokenizer: Any,
     A side that encodes to no token is an error naming its line."""
     out = []
     for n, (src, tgt) in enumerate(pairs, start=1):
-        s = encode_text(tokenizer, src)
-        t = encode_text(tokenizer, tgt, add_eos=True)
+        try:
+            s = encode_text(tokenizer, src)
+            t = encode_text(tokenizer, tgt, add_eos=True)
+        except ValueError as exc:
+            raise DataFormatError(path, n, f"{exc}; the model can only read what its tokenizer knows "
+                                           f"({len(tokenizer)} entries)") from None
         if not s:
             raise DataFormatError(path, n, "'input' encodes to no token with this tokenizer")
         if not t:

@@ -95,7 +95,7 @@ def targets(kind, kd, device):
 
 # ---------------------------------------------------------------------------- 1. training steps
 def check_training(device):
-    loop = importlib.import_module("distilkit.train")
+    loop = importlib.import_module("distilkit.training.loop")
     rows = []
     for kind in ("lm", "seq2seq"):
         for dtype in ("bfloat16", "float16"):

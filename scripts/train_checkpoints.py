@@ -24,7 +24,7 @@ import torch
 from distilkit.checkpoint import save_model
 from distilkit.data import CharTokenizer, collate_lm, lm_examples, load_text_corpus, make_data_to_text
 from distilkit.models import count_parameters, make_model
-from distilkit.train import TrainConfig, train
+from distilkit.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "distilkit" / "checkpoints"

@@ -11,13 +11,11 @@ from distilkit.adapters import adapt
 from distilkit.cache import (
     CacheMismatchError,
     IndexedExamples,
-    TopKTeacher,
     cache_teacher_logits,
     hash_examples,
     load_teacher_cache,
-    topk_distillation_loss,
-    topk_divergence,
 )
+from distilkit.losses import TopKTeacher, topk_distillation_loss, topk_divergence
 
 V = 23
 

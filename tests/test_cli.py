@@ -140,7 +140,7 @@ NO_TORCH = """
 import sys
 import distilkit.cli
 distilkit.cli.build_parser()
-for argv in ([], ["--help"], ["--version"], *([c, "--help"] for c in distilkit.cli.COMMANDS)):
+for argv in ([], ["--help"], ["--version"], *([c, "--help"] for c in distilkit.cli.build_parser().commands)):
     try:
         distilkit.cli.main(argv)
     except SystemExit:
@@ -195,12 +195,12 @@ def test_every_public_name_resolves():
 
 def test_train_and_generate_stay_functions_when_their_modules_are_imported():
     code = ("import distilkit as dk\n"
-            "import distilkit.train, distilkit.generate\n"
-            "from distilkit.train import TrainConfig\n"
+            "import distilkit.training, distilkit.decoding\n"
+            "from distilkit.training import TrainConfig\n"
             "import sys\n"
-            "assert dk.train is sys.modules['distilkit.train'].train, dk.train\n"
-            "assert dk.generate is sys.modules['distilkit.generate'].generate, dk.generate\n"
-            "assert dk.greedy is sys.modules['distilkit.generate'].greedy\n")
+            "assert dk.train is sys.modules['distilkit.training'].train, dk.train\n"
+            "assert dk.generate is sys.modules['distilkit.decoding'].generate, dk.generate\n"
+            "assert dk.greedy is sys.modules['distilkit.decoding'].greedy\n")
     r = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
 

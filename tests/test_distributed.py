@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distilkit.distributed import DistState, rank_slice, setup_distributed
+from distilkit.training.distributed import DistState, rank_slice, setup_distributed
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`distilkit.models` and :mod:`distilkit.generate`: shapes, what the models
+"""Tests for :mod:`distilkit.models` and :mod:`distilkit.decoding`: shapes, what the models
 attend to (source, causality), the incremental ``start``/``step`` interface and KV cache against
 full forward passes, and the decoders against each other."""
 

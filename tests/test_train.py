@@ -1,4 +1,4 @@
-"""Tests for :mod:`distilkit.train`: exact gradient accumulation, determinism, resumable
+"""Tests for :mod:`distilkit.training`: exact gradient accumulation, determinism, resumable
 checkpoints, a frozen teacher, input errors, history / restore_best, cached teacher logits and
 sequence-level KD data.
 
@@ -507,7 +507,7 @@ def test_sequence_level_data_bad_method():
 def test_amp_dtype_choice_and_when_a_scaler_is_used():
     import sys
 
-    loop = sys.modules["distilkit.train"]
+    loop = sys.modules["distilkit.training.loop"]
     assert TrainConfig().amp_dtype == "bfloat16"
     with pytest.raises(ValueError, match=r"TrainConfig\.amp_dtype must be one of bfloat16, float16; got 'half'"):
         TrainConfig(amp_dtype="half")
@@ -528,7 +528,7 @@ def cpu_scaler(monkeypatch):
     scale so large that the first scaled gradients overflow float32 (as float16's do on CUDA)."""
     import sys
 
-    loop = sys.modules["distilkit.train"]
+    loop = sys.modules["distilkit.training.loop"]
     monkeypatch.setattr(loop, "_grad_scaler", lambda device, config: torch.amp.GradScaler(
         "cpu", init_scale=2.0**126, growth_interval=3))
 
@@ -560,11 +560,11 @@ def test_scaled_steps_equal_unscaled_ones(cpu_scaler, monkeypatch):
 
     pairs = make_pairs(24, seed=5)
     scaled = s2s(0)
-    monkeypatch.setattr(sys.modules["distilkit.train"], "_grad_scaler",
+    monkeypatch.setattr(sys.modules["distilkit.training.loop"], "_grad_scaler",
                         lambda device, config: torch.amp.GradScaler("cpu", init_scale=1024.0))
     hist = train(scaled, pairs, config=cfg(steps=4, clip_norm=1.0))
     assert hist.skipped_step == []
-    monkeypatch.setattr(sys.modules["distilkit.train"], "_grad_scaler", lambda device, config: None)
+    monkeypatch.setattr(sys.modules["distilkit.training.loop"], "_grad_scaler", lambda device, config: None)
     plain = s2s(0)
     train(plain, pairs, config=cfg(steps=4, clip_norm=1.0))
     assert max_diff(state(scaled), state(plain)) < 1e-6
@@ -604,7 +604,7 @@ def test_batches_bound_for_an_accelerator_are_checked_on_the_host():
     before the transfer (here to the ``meta`` device, which holds no values at all)."""
     import sys
 
-    loop = sys.modules["distilkit.train"]
+    loop = sys.modules["distilkit.training.loop"]
     meta = torch.device("meta")
     good = collate_lm(make_windows(4, seed=0))
     moved = loop._to_device(good, meta, V)

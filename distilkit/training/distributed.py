@@ -1,6 +1,7 @@
 """Data-parallel training on ``torch.distributed``: the same script, one process or many.
 
-Run a training script under ``torchrun`` and :func:`distilkit.train` notices ``WORLD_SIZE > 1``,
+Everything torchrun-specific lives here: the process group, the global batch rule, the rank
+slicing and the token divisor. Run a training script under ``torchrun`` and :func:`distilkit.train` notices ``WORLD_SIZE > 1``,
 initialises the process group itself (``gloo`` on the CPU, ``nccl`` on CUDA, one GPU per
 process chosen by ``LOCAL_RANK``) and wraps the student in ``DistributedDataParallel``; a
 teacher stays frozen, one copy per process.
@@ -10,10 +11,11 @@ The semantics are those of one process with a ``world_size`` times larger batch:
 * every rank draws the same global batch of ``world_size * batch_size`` examples (same seed,
   same shuffling) and keeps its own slice (:func:`rank_slice`), so ``TrainConfig.batch_size``
   is the per-process micro-batch;
-* the loss of a micro-batch is the *sum* over its tokens divided by the token count of the
-  whole global step, summed over ranks with one ``all_reduce`` (:func:`all_reduce_sum`);
-* DDP averages gradients over ranks, so each rank's loss is multiplied by ``world_size``
-  (:attr:`DistState.grad_scale`); the summed gradient is then exactly the single-process one.
+* the loss of a micro-batch is the *sum* over its tokens; the token count of the whole global
+  step is summed over ranks with one ``all_reduce`` (:func:`all_reduce_sum`);
+* DDP averages the ranks' gradient sums, so the gradients are divided by ``count / world_size``
+  (:func:`token_divisor`): the sum over all ranks' tokens divided by their number, exactly the
+  single-process gradient.
 
 Rank 0 alone logs, shows progress bars and writes checkpoints; every rank resumes from them.
 """
@@ -23,16 +25,20 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence, TypeVar
+from typing import Callable, Iterator, List, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..data import IGNORE_INDEX
+
 __all__ = [
     "DistState",
     "setup_distributed",
     "rank_slice",
+    "rank_collate",
+    "token_divisor",
     "all_reduce_sum",
     "wrap_model",
     "unwrap_model",
@@ -58,11 +64,6 @@ class DistState:
     def is_main(self) -> bool:
         """True on rank 0, the process that logs and writes checkpoints."""
         return self.rank == 0
-
-    @property
-    def grad_scale(self) -> float:
-        """DDP divides the summed gradient by ``world_size``; multiply each loss by this."""
-        return float(self.world_size)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -117,6 +118,30 @@ def rank_slice(items: Sequence[T], state: DistState) -> List[T]:
     start = r * (n // w) + min(r, n % w)
     size = n // w + (1 if r < n % w else 0)
     return list(items[start : start + size])
+
+
+def rank_collate(collate: Callable, state: DistState) -> Callable:
+    """Collate this rank's slice of a global batch (one process: the whole batch). A rank whose
+    slice is empty (the epoch's last, short batch) collates one example with every label
+    ignored: it adds nothing to the loss or the gradient but takes part in DDP's all-reduce."""
+    if not state.enabled:
+        return collate
+
+    def fn(items):
+        mine = rank_slice(items, state)
+        if mine:
+            return collate(mine)
+        batch = collate(list(items[:1]))
+        batch.labels.fill_(IGNORE_INDEX)
+        return batch
+
+    return fn
+
+
+def token_divisor(count: torch.Tensor, state: DistState) -> torch.Tensor:
+    """What the summed gradients are divided by: the global step's token ``count`` (summed over
+    ranks); under DDP, which already averaged the ranks' gradients, ``count / world_size``."""
+    return count / state.world_size if state.enabled else count
 
 
 def all_reduce_sum(value: torch.Tensor, state: DistState) -> torch.Tensor:

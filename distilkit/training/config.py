@@ -1,0 +1,162 @@
+"""How to train and how to distil: :class:`TrainConfig`, :class:`KDConfig`, :class:`History`,
+and the device rule (:func:`resolve_device`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Union
+
+import torch
+
+from ..losses import DIVERGENCES
+from ..losses.checks import check_temperature, check_unit
+from ..vocab import VOCAB_ALIGNMENTS
+
+__all__ = ["AMP_DTYPES", "TrainConfig", "KDConfig", "History", "resolve_device"]
+
+
+#: Accepted ``TrainConfig.amp_dtype`` values (autocast precision on CUDA).
+AMP_DTYPES = ("bfloat16", "float16")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. ``batch_size`` is the micro-batch; one optimizer step sees
+    ``batch_size * grad_accum`` examples.
+
+    ``amp`` turns on autocast on CUDA in ``amp_dtype`` (``"bfloat16"`` or ``"float16"``); with
+    float16 a gradient scaler multiplies the loss so that small gradients do not underflow,
+    and a step whose scaled gradient overflowed is skipped (recorded in
+    ``History.skipped_step``) instead of raising. On other devices ``amp`` does nothing.
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.05
+    clip_norm: Optional[float] = 1.0
+    eval_every: int = 100
+    eval_batch_size: int = 256
+    device: str = "auto"
+    amp: bool = True
+    amp_dtype: str = "bfloat16"
+    seed: int = 0
+    checkpoint_dir: Optional[str] = None
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    resume: bool = True
+    restore_best: bool = False
+    progress: bool = True
+    desc: str = "train"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size",
+                     "checkpoint_every", "keep_checkpoints"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"TrainConfig.clip_norm must be > 0 or None, got {self.clip_norm!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"TrainConfig.amp_dtype must be one of {', '.join(AMP_DTYPES)}; "
+                             f"got {self.amp_dtype!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+
+
+@dataclass
+class KDConfig:
+    """How to distil: ``alpha * T^2 * divergence + (1 - alpha) * cross-entropy`` (see
+    :func:`distilkit.losses.distillation_loss`).
+
+    ``vocab_alignment``: ``None`` (student and teacher output layers must have one width),
+    ``"slice"`` or ``"pad"`` for one tokenizer whose embedding matrix was padded in one model
+    (e.g. 151,936 vs 152,064 columns); see :mod:`distilkit.vocab`.
+
+    ``memory_bounded``: compute the loss from the student's final hidden states and output
+    layer (:meth:`ModelAdapter.hidden_and_head`, an HF ``lm_head`` included), ``chunk_size``
+    positions at a time (``None``: the loss's default), never holding the student's
+    (tokens x vocab) logits; same value and gradients as the plain path.
+    """
+
+    temperature: float = 1.0
+    alpha: float = 0.5
+    divergence: str = "forward_kl"
+    beta: float = 0.5
+    t2_scale: bool = True
+    vocab_alignment: Optional[str] = None
+    memory_bounded: bool = False
+    chunk_size: Optional[int] = None
+
+    def __post_init__(self):
+        self.temperature = check_temperature(self.temperature)
+        self.alpha = check_unit("KDConfig.alpha", self.alpha, False, False)
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"KDConfig.divergence must be one of {', '.join(DIVERGENCES)}; "
+                             f"got {self.divergence!r}")
+        if self.divergence == "jsd":
+            check_unit("KDConfig.beta (for jsd)", self.beta, True, True)
+        elif self.divergence.startswith("skew_"):
+            check_unit(f"KDConfig.beta (for {self.divergence})", self.beta, False, True)
+        if self.vocab_alignment is not None and self.vocab_alignment not in VOCAB_ALIGNMENTS:
+            raise ValueError(f"KDConfig.vocab_alignment must be None, 'slice' or 'pad'; "
+                             f"got {self.vocab_alignment!r}")
+        if not isinstance(self.memory_bounded, bool):
+            raise ValueError(f"KDConfig.memory_bounded must be True or False, got {self.memory_bounded!r}")
+        if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or isinstance(
+                self.chunk_size, bool) or self.chunk_size < 1):
+            raise ValueError(f"KDConfig.chunk_size must be a positive int or None, got {self.chunk_size!r}")
+
+
+@dataclass
+class History:
+    """What happened during training, for plots: per-step loss and learning rate, the
+    validation loss (token-mean cross-entropy, nats) at every evaluation, and the steps that
+    float16's gradient scaler skipped because the scaled gradient overflowed."""
+
+    step: List[int] = field(default_factory=list)
+    train_loss: List[float] = field(default_factory=list)
+    lr: List[float] = field(default_factory=list)
+    valid_step: List[int] = field(default_factory=list)
+    valid_loss: List[float] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped_step: List[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**d)
+
+    @property
+    def best_valid_loss(self) -> float:
+        return min(self.valid_loss) if self.valid_loss else float("nan")
+
+
+def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is checked."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
+    return dev
