@@ -148,7 +148,8 @@ def run_demo(
     log=print,
 ) -> DemoResult:
     """Teacher vs hard-label baseline vs distilled student on the data-to-text test split."""
-    kd = kd or KDConfig(temperature=1.0, alpha=0.5)
+    targets = CachedTeacherLogits(kd)  # kd=None: the targets' own default settings
+    kd = targets.kd
     torch.manual_seed(seed)
     random.seed(seed)
     data = make_data_to_text(seed=0)
@@ -171,7 +172,7 @@ def run_demo(
     transfer = transfer_set(teacher, data, num_transfer, progress)
     cached = precompute_teacher_logits(teacher, labelled + transfer, progress=progress)
     student = make_model(student_preset, len(data.tokenizer))
-    h_kd = train(student, cached, config=TrainConfig(desc="distil", **cfg), targets=CachedTeacherLogits(kd),
+    h_kd = train(student, cached, config=TrainConfig(desc="distil", **cfg), targets=targets,
                  valid_examples=valid)
 
     log("evaluating on the test split ...")

@@ -259,5 +259,15 @@ def test_hf_models_cache_at_k_vocab_equals_live_teacher(tmp_path, family):
     kd = dk.KDConfig(alpha=0.5)
     dk.distill(a, cache, ex, kd=kd, config=_cfg())
     dk.distill(b, model(0, 32), ex, kd=kd, config=_cfg())
+    # Attention's key bias shifts every score of a query by the same amount, which softmax
+    # ignores: its gradient is zero in exact arithmetic, so Adam's normalisation blows its
+    # rounding noise up to a step of ~lr x noise / |noise| (measured with one thread: 1.4e-5 on
+    # GPT-2's key bias, < 1e-8 on every other weight). It is compared apart, loosely.
     for k, v in b.state_dict().items():
-        assert torch.allclose(a.state_dict()[k], v, atol=1e-5), k
+        mine, key_bias = a.state_dict()[k], torch.zeros_like(v, dtype=torch.bool)
+        if k.endswith("attn.c_attn.bias"):  # GPT-2: [query | key | value] biases
+            key_bias[v.shape[0] // 3: 2 * v.shape[0] // 3] = True
+        elif k.endswith("k_proj.bias"):
+            key_bias[:] = True
+        assert torch.allclose(mine[~key_bias], v[~key_bias], atol=1e-5), k
+        assert torch.allclose(mine[key_bias], v[key_bias], atol=1e-3), k

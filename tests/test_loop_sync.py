@@ -105,8 +105,9 @@ class HostReads:
 
 def _where(filename: str) -> str:
     parts = filename.replace(os.sep, "/").split("/")
-    if "distilkit" in parts[:-1]:
-        return "distilkit/" + parts[-1]
+    if "distilkit" in parts[:-1]:  # the path inside the package: distilkit/training/loop.py
+        top = len(parts) - 1 - parts[:-1][::-1].index("distilkit") - 1
+        return "/".join(parts[top:])
     if "torch" in parts[:-1]:
         return "torch"
     return parts[-1]
