@@ -130,6 +130,8 @@ _EXPORTS = {
     "check_vocab": "vocab",
     # experiments
     "load_teacher": "experiments",
+    # userdata
+    "chat_examples": "userdata",
 }
 
 # sub-modules used as ``dk.experiments``, ``dk.notebook``, ...
@@ -210,6 +212,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
         sequence_level_data,
         train,
     )
+    from .userdata import chat_examples
     from .vocab import check_vocab
 
 

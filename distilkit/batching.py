@@ -8,14 +8,25 @@ generator and can be saved and resumed. Re-exported by :mod:`distilkit.data`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "Seq2SeqBatch", "LMBatch", "collate_seq2seq", "collate_lm", "BatchIterator"]
+__all__ = ["IGNORE_INDEX", "Completion", "Seq2SeqBatch", "LMBatch", "collate_seq2seq", "collate_lm",
+           "BatchIterator"]
 
 #: The label value of a position that does not count (padding, prompts): PyTorch's default.
 IGNORE_INDEX = -100
+
+
+class Completion(NamedTuple):
+    """A causal-LM example made of a prompt and its completion: the model reads ``ids`` (the
+    prompt's ``prompt_len`` tokens, then the completion's) and only the completion's tokens are
+    scored -- by every loss term, since they all count the positions whose label is not
+    ``IGNORE_INDEX``. Made from ``(prompt_ids, completion_ids)`` pairs by the adapters."""
+
+    ids: List[int]
+    prompt_len: int
 
 @dataclass
 class Seq2SeqBatch:
@@ -78,10 +89,12 @@ def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return out
 
 
-def _pad_logits(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+def _pad_logits(rows: Sequence[torch.Tensor], width: int, offsets: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """(batch, width, vocab) zeros with row ``i`` placed from position ``offsets[i]`` (default 0)."""
     out = torch.zeros(len(rows), width, rows[0].shape[-1], dtype=rows[0].dtype)
     for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r
+        start = 0 if offsets is None else offsets[i]
+        out[i, start : start + r.shape[0]] = r
     return out
 
 
@@ -113,22 +126,32 @@ def collate_seq2seq(examples: Sequence[Tuple[Sequence[int], Sequence[int]]], pad
 def collate_lm(examples: Sequence, pad_id: int = 0) -> LMBatch:
     """Pad windows of ``n + 1`` token ids into an :class:`LMBatch` (input = [:-1], label = [1:]).
 
-    An example may instead be a pair ``(window, teacher_logits)`` with logits (n, vocab).
+    An example is a window (every position scored), a :class:`Completion` (only the completion
+    scored: the labels of the prompt are ``IGNORE_INDEX``), or either of them paired with its
+    teacher logits ``(example, logits)``, logits (n_scored, vocab) for the scored positions.
     """
     if len(examples) == 0:
         raise ValueError("examples must not be empty")
-    cached = [ex[1] for ex in examples if isinstance(ex, tuple) and len(ex) == 2
-              and isinstance(ex[1], torch.Tensor)]
+    cached = [ex[1] for ex in examples if isinstance(ex, tuple) and not isinstance(ex, Completion)
+              and len(ex) == 2 and isinstance(ex[1], torch.Tensor)]
     if cached and len(cached) != len(examples):
         raise ValueError("either every example in a batch carries teacher logits or none does")
-    windows = [ex[0] for ex in examples] if cached else list(examples)
+    items = [ex[0] for ex in examples] if cached else list(examples)
+    windows = [list(ex.ids) if isinstance(ex, Completion) else list(ex) for ex in items]
+    first = [ex.prompt_len - 1 if isinstance(ex, Completion) else 0 for ex in items]
     for i, ex in enumerate(windows):
         if len(ex) < 2:
             raise ValueError(f"examples[{i}] needs at least 2 tokens (an input and a target)")
-    inputs = _pad([list(e[:-1]) for e in windows], pad_id)
-    labels = _pad([list(e[1:]) for e in windows], IGNORE_INDEX)
+        if not 0 <= first[i] < len(ex) - 1:
+            raise ValueError(f"examples[{i}] needs a prompt of at least 1 token and a completion of at "
+                             "least 1 token")
+    inputs = _pad([e[:-1] for e in windows], pad_id)
+    labels = _pad([e[1:] for e in windows], IGNORE_INDEX)
+    for i, n in enumerate(first):
+        labels[i, :n] = IGNORE_INDEX  # the prompt is context: only the completion is scored
     mask = _pad([[1] * (len(e) - 1) for e in windows], 0)
-    return LMBatch(inputs, labels, _pad_logits(cached, labels.shape[1]) if cached else None, mask)
+    logits = _pad_logits(cached, labels.shape[1], first) if cached else None
+    return LMBatch(inputs, labels, logits, mask)
 
 
 class BatchIterator:

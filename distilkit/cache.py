@@ -35,6 +35,7 @@ from .checkpoint import atomic_write_bytes
 from .data import IGNORE_INDEX
 from .losses import TopKTeacher
 from .losses.checks import check_temperature
+from .protocol import fit_to_context
 
 __all__ = [
     "CacheMismatchError",
@@ -104,6 +105,7 @@ def cache_teacher_logits(
     teacher_name: Optional[str] = None,
     device: Union[str, torch.device, None] = None,
     progress: bool = True,
+    max_length: Optional[int] = None,
 ) -> "TeacherCache":
     """Run ``teacher`` once over ``examples`` and write its top-k log-probabilities to ``out_dir``.
 
@@ -116,6 +118,8 @@ def cache_teacher_logits(
         examples_per_shard: examples per safetensors shard.
         dtype: storage type of the log-probabilities (float16 or float32); the tail mass is
             always float32, token ids int16 (vocab <= 32768) or int32.
+        max_length: cut longer examples to fit (see :func:`distilkit.protocol.fit_to_context`);
+            train with the same ``TrainConfig(max_length=...)``, so that the examples agree.
 
     Per counted target position the cache holds ``top_k * (bytes(dtype) + bytes(index)) + 4``
     bytes. The manifest is written last, atomically, so an interrupted run leaves no cache
@@ -133,6 +137,7 @@ def cache_teacher_logits(
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if examples is None or len(examples) == 0:
         raise ValueError("examples must not be empty")
+    examples = fit_to_context(adapter, examples, max_length)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
@@ -186,6 +191,7 @@ def cache_teacher_logits(
         "num_examples": len(examples),
         "num_tokens": total_tokens,
         "examples_sha256": hash_examples(examples[i] for i in range(len(examples))),
+        "max_length": max_length,
         "shards": shards,
     }
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
@@ -287,7 +293,9 @@ class TeacherCache:
             raise CacheMismatchError(
                 f"the teacher cache at {self.path} was built for other examples (hash "
                 f"{m['examples_sha256'][:12]}..., these hash to {digest[:12]}...): pass the same "
-                "examples, in the same order, or rebuild the cache")
+                "examples, in the same order, or rebuild the cache"
+                + (f" (it was built with max_length={m['max_length']}: train with the same "
+                   "TrainConfig(max_length=...))" if m.get("max_length") else ""))
         if temperature is not None and not math.isclose(float(temperature), self.temperature):
             raise CacheMismatchError(
                 f"the teacher cache at {self.path} stores log-probabilities at temperature "

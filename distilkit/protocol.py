@@ -7,16 +7,17 @@ type; see :mod:`distilkit.adapters` for the batches and the conventions.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from .data import IGNORE_INDEX, LMBatch, Seq2SeqBatch
+from .batching import IGNORE_INDEX, Completion, LMBatch, Seq2SeqBatch
 
 __all__ = ["Batch", "KINDS", "ModelAdapter", "token_ids", "lm_examples_as_ids", "seq2seq_examples_as_ids",
-           "check_batch_ids"]
+           "check_batch_ids", "fit_to_context"]
 
 #: The batch types the adapters produce.
 Batch = Union[LMBatch, Seq2SeqBatch]
@@ -48,23 +49,49 @@ def token_ids(seq: Any, name: str) -> List[int]:
 
 
 def _is_payload(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) and x.dim() >= 1
+    """Teacher logits carried by an example (floating point, one row per scored position)."""
+    return isinstance(x, torch.Tensor) and x.dim() >= 1 and x.is_floating_point()
+
+
+def _is_ids(x: Any) -> bool:
+    """A token-id sequence (possibly empty): a list/tuple of ints or a 1-D integer tensor."""
+    if isinstance(x, torch.Tensor):
+        return x.dim() == 1 and not x.is_floating_point()
+    return isinstance(x, (list, tuple)) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+
+def _completion(prompt: Any, completion: Any, i: int) -> Completion:
+    p, c = token_ids(prompt, f"examples[{i}][0] (prompt)"), token_ids(completion, f"examples[{i}][1] (completion)")
+    if not p or not c:
+        raise ValueError(f"examples[{i}] has {len(p)} prompt and {len(c)} completion token(s); a "
+                         "(prompt, completion) pair needs at least one of each")
+    return Completion(p + c, len(p))
 
 
 def lm_examples_as_ids(examples: Sequence) -> list:
-    """Normalise "lm" examples: each a token-id sequence or ``(sequence, payload)``."""
+    """Normalise "lm" examples. Each is a token-id sequence (every next token scored), a
+    ``(prompt_ids, completion_ids)`` pair (the model reads both; only the completion is scored),
+    or either of them followed by its teacher logits (``(sequence, logits)``,
+    ``(prompt, completion, logits)``, as :func:`~distilkit.training.precompute_teacher_logits`
+    makes them)."""
     if isinstance(examples, (str, bytes)) or not isinstance(examples, Sequence) or len(examples) == 0:
-        raise ValueError("examples must be a non-empty list of token-id sequences")
+        raise ValueError("examples must be a non-empty list of token-id sequences or (prompt, completion) pairs")
     out = []
     for i, ex in enumerate(examples):
-        if isinstance(ex, tuple) and len(ex) == 2 and _is_payload(ex[1]):
-            out.append((token_ids(ex[0], f"examples[{i}][0]"), ex[1]))
+        payload = None
+        if isinstance(ex, (tuple, list)) and len(ex) in (2, 3) and _is_payload(ex[-1]):
+            ex, payload = (ex[0] if len(ex) == 2 else tuple(ex[:2])), ex[-1]
+        if isinstance(ex, Completion):
+            item = ex
+        elif isinstance(ex, (tuple, list)) and len(ex) == 2 and _is_ids(ex[0]) and _is_ids(ex[1]):
+            item = _completion(ex[0], ex[1], i)
         else:
-            ids = token_ids(ex, f"examples[{i}]")
-            if len(ids) < 2:
-                raise ValueError(f"examples[{i}] has {len(ids)} token(s); a language-model example needs "
+            item = token_ids(ex, f"examples[{i}]")
+            if len(item) < 2:
+                raise ValueError(f"examples[{i}] has {len(item)} token(s); a language-model example needs "
                                  "at least 2 (an input and the token it predicts)")
-            out.append(ids)
+        out.append(item if payload is None else (item, payload))
     return out
 
 
@@ -79,6 +106,81 @@ def seq2seq_examples_as_ids(examples: Sequence) -> list:
                             f"model, got {type(ex).__name__}")
         pair = (token_ids(ex[0], f"examples[{i}][0] (source)"), token_ids(ex[1], f"examples[{i}][1] (target)"))
         out.append(pair + tuple(ex[2:]))
+    return out
+
+
+def _split_payload(ex: Any) -> Tuple[Any, bool]:
+    if isinstance(ex, (tuple, list)) and len(ex) in (2, 3) and _is_payload(ex[-1]):
+        return (ex[0] if len(ex) == 2 else tuple(ex[:2])), True
+    return ex, False
+
+
+def _truncate(ex: Any, kind: str, cap: int, i: int) -> Tuple[Any, int]:
+    """``(example, positions)`` of one raw example, cut to ``cap`` positions when ``cap`` is set:
+    a causal model's prompt from the left (its completion kept), a plain sequence from the right
+    (its first ``cap + 1`` tokens), an encoder-decoder's source from the left (its target kept)."""
+    if kind == "lm":
+        if isinstance(ex, Completion):
+            ex = (ex.ids[: ex.prompt_len], ex.ids[ex.prompt_len:])
+        if isinstance(ex, (tuple, list)) and len(ex) == 2 and _is_ids(ex[0]) and _is_ids(ex[1]):
+            p, c = list(ex[0]), list(ex[1])
+            n = len(p) + len(c) - 1
+            if cap is None or n <= cap:
+                return ex, n
+            if len(c) > cap:
+                raise ValueError(f"examples[{i}]: its completion alone has {len(c)} tokens, more than "
+                                 f"max_length={cap} positions hold with a prompt token before it; the "
+                                 "completion is never cut: drop or shorten this example")
+            return (p[len(p) - (cap + 1 - len(c)):], c), n
+        n = len(ex) - 1
+        return (ex if cap is None or n <= cap else list(ex)[: cap + 1]), n
+    src, tgt = ex[0], ex[1]
+    n = max(len(src), len(tgt))
+    if cap is None or n <= cap:
+        return ex, n
+    if len(tgt) > cap:
+        raise ValueError(f"examples[{i}]: its target has {len(tgt)} tokens, more than max_length={cap}; "
+                         "the target is never cut: drop or shorten this example")
+    return (list(src)[len(src) - cap:], tgt), n
+
+
+def fit_to_context(adapter: "ModelAdapter", examples: Sequence, max_length: Optional[int] = None) -> Sequence:
+    """Check every example against the longest input the model can read (``adapter.max_len``:
+    ``max_position_embeddings`` for Hugging Face models, ``config.max_len`` for distilkit's), before
+    any step: a longer example is an error naming its index, its length and the limit.
+
+    With ``max_length`` (at most the model's limit) longer examples are cut instead, and a warning
+    says how many: a causal model's prompt loses tokens from its left and its completion is kept
+    whole; a plain sequence keeps its first ``max_length + 1`` tokens; an encoder-decoder's source
+    loses tokens from its left and its target is kept whole. Returns ``examples`` itself when
+    nothing was cut. Examples that carry teacher logits are only checked (cut them before
+    :func:`~distilkit.training.precompute_teacher_logits`)."""
+    limit = adapter.max_len
+    if max_length is not None:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+        if limit is not None and max_length > limit:
+            raise ValueError(f"max_length={max_length} is more than the {limit} positions the model can read")
+    if adapter.kind not in KINDS or (limit is None and max_length is None):
+        return examples
+    cap = max_length if max_length is not None else limit
+    out, cut = None, 0
+    for i in range(len(examples)):
+        raw, payload = _split_payload(examples[i])
+        fitted, n = _truncate(raw, adapter.kind, None, i)
+        if n <= cap:
+            continue
+        if max_length is None or payload:
+            how = ("its teacher logits were computed for the whole example: cut the examples first"
+                   if payload else "pass max_length= to cut the input (the completion or target is kept)")
+            raise ValueError(f"examples[{i}] has {n} positions but the model reads at most {cap}; {how}")
+        if out is None:
+            out = list(examples)
+        out[i], _ = _truncate(raw, adapter.kind, cap, i)
+        cut += 1
+    if out is None:
+        return examples
+    warnings.warn(f"max_length={cap}: {cut} of {len(examples)} examples were cut to fit", stacklevel=3)
     return out
 
 

@@ -25,6 +25,8 @@ __all__ = [
     "data_format",
     "read_text_file",
     "read_jsonl_pairs",
+    "read_jsonl_records",
+    "chat_examples",
     "encode_text",
     "encode_lm_text",
     "encode_text_pairs",
@@ -169,10 +171,18 @@ def load_user_examples(path: Union[str, Path], tokenizer: Any, kind: str,
                        block_size: int = 128) -> List:
     """Read and encode ``path`` for a model of ``kind`` (``"lm"`` or ``"seq2seq"``).
 
-    A text file feeds a causal LM (windows of ``block_size + 1`` ids); a ``.jsonl`` file feeds
-    a seq2seq model (``(source_ids, target_ids)`` pairs). The wrong pairing is refused.
+    A text file feeds a causal LM (windows of ``block_size + 1`` ids). A ``.jsonl`` file feeds a
+    seq2seq model (``{"input": ..., "output": ...}`` lines: ``(source_ids, target_ids)`` pairs) or a
+    causal LM (chat, prompt/completion or input/output lines: ``(prompt_ids, completion_ids)``
+    pairs, see :func:`chat_examples`). A text file for a seq2seq model is refused.
     """
     fmt = check_format(path, kind)
+    if fmt == "jsonl" and kind == "lm":
+        records = read_jsonl_records(path)
+        out = []
+        for n, obj in records:  # one at a time: an error names the file's own line
+            out.extend(chat_examples([obj], tokenizer, path=path, first_line=n))
+        return out
     if fmt == "jsonl":
         return encode_text_pairs(read_jsonl_pairs(path), tokenizer, path)
     return encode_lm_text(read_text_file(path), tokenizer, block_size)
@@ -183,13 +193,121 @@ def check_format(path: Union[str, Path], kind: str) -> str:
     fmt = data_format(path)
     if kind not in ("lm", "seq2seq"):
         raise ValueError(f"kind must be 'lm' or 'seq2seq', got {kind!r}")
-    if fmt == "jsonl" and kind != "seq2seq":
-        raise ValueError(f"data file {path} is JSONL (input/output pairs), which needs a seq2seq "
-                         f"model; this model is a {kind!r} model: give it a text file")
     if fmt == "text" and kind != "lm":
         raise ValueError(f"data file {path} is plain text, which feeds a language model; this "
                          f"model is a {kind!r} model: give it a .jsonl file of input/output pairs")
     return fmt
+
+
+# ============================================================================ prompt / completion records
+RECORD_FORMS = ('{"messages": [{"role": ..., "content": ...}, ...]}', '{"prompt": ..., "completion": ...}',
+                '{"input": ..., "output": ...}')
+
+
+def read_jsonl_records(path: Union[str, Path]) -> List[Tuple[int, dict]]:
+    """``[(line_number, object), ...]``: every line of ``path`` one JSON object (checked here; what
+    the object must hold is checked by the reader of its form)."""
+    out = []
+    for n, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            raise DataFormatError(path, n, "is blank; every line must be one JSON object (remove blank lines)")
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(path, n, f"is not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, n, f"must be a JSON object, got a JSON {type(obj).__name__}")
+        out.append((n, obj))
+    if not out:
+        raise DataFormatError(path, None, "the JSONL file has no lines: there is nothing to train on")
+    return out
+
+
+def _text_field(obj: dict, key: str) -> str:
+    value = obj[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{key!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{key!r} is empty")
+    return value
+
+
+def _ids(out: Any) -> List[int]:
+    """Token ids from what a tokenizer call returned (a list, or a dict with ``input_ids``)."""
+    if hasattr(out, "keys") and "input_ids" in out:
+        out = out["input_ids"]
+    return [int(i) for i in out]
+
+
+def _chat_pairs(messages: Any, tokenizer: Any) -> List[Tuple[List[int], List[int]]]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list of {\"role\": ..., \"content\": ...} objects")
+    for j, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise ValueError(f"messages[{j}] must be an object with string 'role' and 'content'")
+    if _is_distilkit_tokenizer(tokenizer) or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat records need a tokenizer with a chat template (tokenizer.chat_template); "
+                         "this tokenizer has none: give {\"prompt\": ..., \"completion\": ...} records instead")
+    turns = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns:
+        raise ValueError("the conversation has no assistant turn: there is nothing to score")
+    out = []
+    for j in turns:
+        prompt = _ids(tokenizer.apply_chat_template(messages[:j], add_generation_prompt=True, tokenize=True))
+        full = _ids(tokenizer.apply_chat_template(messages[: j + 1], tokenize=True))
+        if full[: len(prompt)] != prompt or len(full) == len(prompt):
+            raise ValueError(f"the chat template does not render messages[:{j}] (with the generation prompt) "
+                             f"as the start of messages[:{j + 1}], so assistant turn {j} cannot be told "
+                             "apart from its prompt")
+        out.append((prompt, full[len(prompt):]))
+    return out
+
+
+def _completion_pair(prompt: str, completion: str, tokenizer: Any) -> Tuple[List[int], List[int]]:
+    """Prompt ids as the tokenizer encodes a text (its special tokens included), completion ids
+    without a leading special token and ending in the end-of-sequence token."""
+    if _is_distilkit_tokenizer(tokenizer):
+        return (tokenizer.encode(prompt, unknown="error"), tokenizer.encode(completion, add_eos=True, unknown="error"))
+    ids = _ids(tokenizer(completion, add_special_tokens=False))
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return _ids(tokenizer(prompt)), ids + ([eos] if eos is not None else [])
+
+
+def chat_examples(records: Sequence[dict], tokenizer: Any, *,
+                  path: Union[str, Path] = "records", first_line: int = 1) -> List[Tuple[List[int], List[int]]]:
+    """``(prompt_ids, completion_ids)`` pairs for a causal language model from ``records``:
+
+    * ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}, ...]}`` -- rendered
+      with the tokenizer's chat template; every assistant turn gives one pair, with the whole
+      conversation before it (and the template's generation prompt) as its prompt, so only the
+      assistant's words are scored;
+    * ``{"prompt": ..., "completion": ...}`` (or ``{"input": ..., "output": ...}``) -- the prompt as
+      the tokenizer encodes a text, the completion ending in the end-of-sequence token.
+
+    Train on the result with ``dk.train`` / ``dk.distill``: the model reads prompt + completion and
+    every loss term scores the completion only. A malformed record is an error naming it
+    (``records[i]``, or ``path, line n`` when ``path`` is given).
+    """
+    out = []
+    for i, rec in enumerate(records):
+        where = f"{path}[{i}]" if path == "records" else None
+        try:
+            if not isinstance(rec, dict):
+                raise ValueError(f"must be a JSON object, one of {', '.join(RECORD_FORMS)}; got "
+                                 f"{type(rec).__name__}")
+            keys = set(rec)
+            if keys == {"messages"}:
+                out.extend(_chat_pairs(rec["messages"], tokenizer))
+            elif keys in ({"prompt", "completion"}, {"input", "output"}):
+                a, b = ("prompt", "completion") if "prompt" in keys else ("input", "output")
+                out.append(_completion_pair(_text_field(rec, a), _text_field(rec, b), tokenizer))
+            else:
+                raise ValueError(f"has the keys {sorted(keys)}; expected one of {', '.join(RECORD_FORMS)}")
+        except ValueError as exc:
+            if where is not None:
+                raise ValueError(f"{where}: {exc}") from None
+            raise DataFormatError(path, first_line + i, str(exc)) from None
+    return out
 
 
 # ============================================================================ models by name

@@ -52,6 +52,7 @@ class TrainConfig:
     restore_best: bool = False
     progress: bool = True
     desc: str = "train"
+    max_length: Optional[int] = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size",
@@ -68,6 +69,9 @@ class TrainConfig:
         if self.amp_dtype not in AMP_DTYPES:
             raise ValueError(f"TrainConfig.amp_dtype must be one of {', '.join(AMP_DTYPES)}; "
                              f"got {self.amp_dtype!r}")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(
+                self.max_length, int) or self.max_length < 1):
+            raise ValueError(f"TrainConfig.max_length must be a positive int or None, got {self.max_length!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
 

@@ -31,6 +31,7 @@ from ..adapters import adapt
 from ..cache import TeacherCache
 from ..data import IGNORE_INDEX, BatchIterator
 from ..models import check_token_ids
+from ..protocol import fit_to_context
 from .config import History, KDConfig, TrainConfig, resolve_device
 from .distributed import (
     all_reduce_sum,
@@ -109,13 +110,16 @@ def _to_device(batch, device: torch.device, vocab_size: Optional[int]):
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, examples: Sequence, collate: Optional[Callable] = None,
-                  batch_size: int = 256, device: Union[str, torch.device, None] = None) -> float:
+                  batch_size: int = 256, device: Union[str, torch.device, None] = None,
+                  max_length: Optional[int] = None) -> float:
     """Token-mean cross-entropy (nats) of ``model`` on ``examples``; ``exp`` of it is perplexity.
+    Examples longer than the model can read are an error, or cut to ``max_length``.
 
     The sums stay on the device; the result is read back once, at the end."""
     if len(examples) == 0:
         raise ValueError("examples must not be empty")
     adapter = adapt(model, collate=collate)
+    examples = fit_to_context(adapter, examples, max_length)
     model, collate = adapter.model, adapter.collate
     device = resolve_device(device) if device is not None else adapter.device
     vocab = adapter.vocab_size
@@ -193,6 +197,9 @@ def train(
     alignment = targets.check(adapter)
     if train_examples is None or len(train_examples) == 0:
         raise ValueError("train_examples must not be empty")
+    train_examples = fit_to_context(adapter, train_examples, config.max_length)
+    if valid_examples is not None:
+        valid_examples = fit_to_context(adapter, valid_examples, config.max_length)
     collate = adapter.collate
     device = resolve_device(config.device)
     dist_state = setup_distributed(device)  # torchrun: WORLD_SIZE > 1

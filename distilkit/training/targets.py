@@ -32,6 +32,7 @@ from ..data import IGNORE_INDEX
 from ..decoding import beam_search, greedy, sample
 from ..losses import TopKTeacher, distillation_loss, linear_distillation_loss, topk_distillation_loss
 from ..losses.checks import check_unit
+from ..protocol import fit_to_context
 from ..vocab import VocabAlignment, check_teacher
 from .config import KDConfig
 
@@ -216,9 +217,12 @@ class OnPolicyTargets(Targets):
 
     * Encoder-decoder pairs: the student describes each source, up to ``max_new_tokens``
       tokens.
-    * Decoder-only pairs (``TransformerLM``, Hugging Face causal models): the first
-      ``prompt_tokens`` tokens of each window are the prompt (default: half the window) and
-      the student continues it to the window's length; only the continuation is scored.
+    * Decoder-only pairs (``TransformerLM``, Hugging Face causal models) trained on
+      ``(prompt, completion)`` examples: the student writes a completion of up to
+      ``max_new_tokens`` tokens for each prompt; only the completion is scored.
+    * Decoder-only pairs trained on plain windows: the first ``prompt_tokens`` tokens of each
+      window are the prompt (default: half the shortest window) and the student continues it
+      for up to ``max_new_tokens`` tokens, at most to the window's length.
 
     The labels of a sampled batch are the student's own tokens, so use ``kd.alpha = 1`` (the
     divergence alone); GKD pairs this with ``divergence="jsd"`` or ``"reverse_kl"``.
@@ -258,19 +262,27 @@ class OnPolicyTargets(Targets):
         lengths = (labels != IGNORE_INDEX).sum(1).tolist() if batch.attention_mask is None else \
             batch.attention_mask.cpu().sum(1).tolist()
         windows = [row[:n].tolist() + [int(lab[n - 1])] for row, lab, n in zip(ids, labels, lengths)]
-        shortest = min(len(w) for w in windows)
-        prompt = self.prompt_tokens if self.prompt_tokens is not None else max(1, shortest // 2)
-        if prompt >= shortest:
-            raise ValueError(f"prompt_tokens = {prompt} leaves nothing to sample in a window of "
-                             f"{shortest} tokens; use a smaller prompt_tokens")
-        new = shortest - prompt
-        samples = sample(student, [w[:prompt] for w in windows], max_new_tokens=new,
-                         temperature=self.sample_temperature)
+        scored = (labels != IGNORE_INDEX).int()
+        first = scored.argmax(1).tolist()  # the first scored position of each row
+        if any(first):  # (prompt, completion) examples: each row's own prompt, max_new_tokens new ones
+            prompts, new = [w[: f + 1] for w, f in zip(windows, first)], self.max_new_tokens
+        else:  # plain windows: the first prompt_tokens tokens (default: half the shortest window)
+            shortest = min(len(w) for w in windows)
+            prompt = self.prompt_tokens if self.prompt_tokens is not None else max(1, shortest // 2)
+            if prompt >= shortest:
+                raise ValueError(f"prompt_tokens = {prompt} leaves nothing to sample in a window of "
+                                 f"{shortest} tokens; use a smaller prompt_tokens")
+            prompts, new = [w[:prompt] for w in windows], min(self.max_new_tokens, shortest - prompt)
+        samples = [None] * len(prompts)
+        for n in sorted({len(q) for q in prompts}):  # one call per prompt length (some models need it)
+            rows = [j for j, q in enumerate(prompts) if len(q) == n]
+            for j, y in zip(rows, sample(student, [prompts[j] for j in rows], max_new_tokens=new,
+                                         temperature=self.sample_temperature)):
+                samples[j] = y
         s_ad = adapt(student)
         stop = [] if s_ad.eos_id is None else [s_ad.eos_id]  # a sample that ended keeps its <eos>
-        out = s_ad.collate([w[:prompt] + y + (stop if len(y) < new else []) for w, y in zip(windows, samples)])
-        out.labels[:, : prompt - 1] = IGNORE_INDEX  # the prompt is data: score the continuation only
-        return out
+        # the prompt is data: as (prompt, completion) pairs only the continuation is scored
+        return s_ad.collate([(p, y + (stop if len(y) < new else [])) for p, y in zip(prompts, samples)])
 
     @torch.no_grad()
     def __call__(self, batch, student):
@@ -332,13 +344,16 @@ def precompute_teacher_logits(
     batch_size: int = 256,
     dtype: torch.dtype = torch.float16,
     progress: bool = True,
+    max_length: Optional[int] = None,
 ) -> list:
     """Run the frozen teacher once over ``examples`` and attach its logits to each of them.
 
     Returns new examples ``(*example, logits)`` where logits has shape (tgt_len, vocab) and
     ``dtype`` (float16 halves the memory; the loss upcasts). Use with :class:`CachedTeacherLogits`.
+    Examples longer than the teacher reads are an error, or cut to ``max_length`` first.
     """
     adapter = adapt(teacher, collate=collate)
+    examples = fit_to_context(adapter, examples, max_length)
     teacher, collate, device = adapter.model, adapter.collate, adapter.device
     was = teacher.training
     teacher.eval()
@@ -349,8 +364,7 @@ def precompute_teacher_logits(
             batch = collate(chunk).to(device)
             logits = adapter.logits(batch).to(dtype).cpu()
             for j, ex in enumerate(chunk):
-                n = int((batch.labels[j] != IGNORE_INDEX).sum())
-                row = logits[j, :n].clone()
+                row = logits[j][batch.labels[j].cpu() != IGNORE_INDEX].clone()  # the scored positions
                 out.append((*ex, row) if isinstance(ex, tuple) else (ex, row))
     finally:
         teacher.train(was)

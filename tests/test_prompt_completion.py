@@ -1,0 +1,175 @@
+"""Causal LMs on (prompt, completion) pairs, and examples longer than the model can read.
+
+Called as a user calls the package: ``dk.train`` / ``dk.distill`` / ``dk.precompute_teacher_logits``
+/ ``dk.cache_teacher_logits`` with lists of pairs, for distilkit's ``TransformerLM`` and a Hugging
+Face GPT-2."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import distilkit as dk
+from distilkit.adapters import adapt
+from distilkit.training import kd_loss
+
+torch.set_num_threads(1)
+V = 17
+
+
+def lm(seed=0, d=16, max_len=64):
+    torch.manual_seed(seed)
+    return dk.make_model("lm-student", V, d_model=d, n_heads=2, max_len=max_len)
+
+
+def hf_lm(seed=0, width=16, positions=64):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=V, n_positions=positions, n_embd=width, n_layer=1, n_head=2, bos_token_id=2,
+        eos_token_id=2, pad_token_id=0))
+
+
+def pairs(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        p, c = (int(x) for x in torch.randint(1, 8, (2,), generator=g))
+        out.append((torch.randint(3, V, (p,), generator=g).tolist(), torch.randint(3, V, (c,), generator=g).tolist()))
+    return out
+
+
+@pytest.mark.parametrize("make", [lm, hf_lm], ids=["TransformerLM", "gpt2"])
+def test_loss_on_a_pair_is_the_loss_of_its_completion_positions(make):
+    student, teacher = make(0), make(1, width=24) if make is hf_lm else make(1, d=24)
+    student.eval(), teacher.eval()  # no dropout: the two computations must see the same network
+    ex = pairs(6)
+    s_ad, t_ad = adapt(student), adapt(teacher)
+    batch = s_ad.collate(ex)
+    s_logits, t_logits = s_ad.logits(batch), t_ad.logits(batch)
+    kd = dk.KDConfig(temperature=2.0, alpha=0.3, divergence="reverse_kl")
+    got_kd = kd_loss(s_logits, t_logits, batch.labels, kd)
+    got_ce = kd_loss(s_logits, None, batch.labels, kd)
+    # by hand: each row alone, only the positions that predict a completion token
+    want_kd = want_ce = 0.0
+    for p, c in ex:
+        ids = torch.tensor(p + c)
+        s_row = s_ad.logits(s_ad.collate([ids.tolist()]))[0]
+        t_row = t_ad.logits(t_ad.collate([ids.tolist()]))[0]
+        pos = slice(len(p) - 1, len(p) + len(c) - 1)  # position t predicts token t + 1
+        targets = ids[len(p):]
+        want_kd = want_kd + dk.distillation_loss(s_row[pos], t_row[pos], targets, temperature=2.0, alpha=0.3,
+                                                 divergence="reverse_kl", reduction="sum")
+        want_ce = want_ce + F.cross_entropy(s_row[pos], targets, reduction="sum")
+    assert int((batch.labels != -100).sum()) == sum(len(c) for _, c in ex)
+    assert got_kd.item() == pytest.approx(want_kd.item(), rel=1e-5)
+    assert got_ce.item() == pytest.approx(want_ce.item(), rel=1e-5)
+
+
+def test_plain_sequences_still_score_everything_and_mix_with_pairs():
+    ad = adapt(lm())
+    batch = ad.collate([[3, 4, 5, 6], ([3, 4], [5, 6])])
+    assert batch.labels.tolist() == [[4, 5, 6], [-100, 5, 6]]
+    assert batch.input_ids.tolist() == [[3, 4, 5], [3, 4, 5]]
+
+
+def test_pairs_from_json_lists_and_tensors_are_pairs():
+    ad = adapt(lm())
+    a = ad.collate([[[3, 4], [5]]]).labels.tolist()
+    b = ad.collate([(torch.tensor([3, 4]), torch.tensor([5]))]).labels.tolist()
+    assert a == b == [[-100, 5]]
+    with pytest.raises(ValueError, match=r"examples\[0\] has 0 prompt and 1 completion"):
+        ad.collate([([], [5])])
+
+
+def test_stored_teacher_logits_sit_on_the_completion_positions():
+    student, teacher = lm(0), lm(1, d=24)
+    ex = pairs(8)
+    stored = dk.precompute_teacher_logits(teacher, ex, progress=False, dtype=torch.float32)
+    assert [row[-1].shape[0] for row in stored] == [len(c) for _, c in ex]
+    s_ad = adapt(student)
+    live = adapt(teacher).logits(s_ad.collate(ex))
+    batch = s_ad.collate(stored)
+    keep = batch.labels != -100
+    assert torch.allclose(batch.teacher_logits[keep], live[keep], atol=1e-6)
+    # training on them equals the live teacher, step for step
+    a, b = lm(2), lm(2)
+    cfg = dict(steps=3, batch_size=4, progress=False, device="cpu", warmup_steps=0)
+    dk.train(a, stored, targets=dk.CachedTeacherLogits(dk.KDConfig()), config=dk.TrainConfig(**cfg))
+    dk.distill(b, teacher, ex, config=dk.TrainConfig(**cfg))
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v, b.state_dict()[k], atol=1e-5), k
+
+
+def test_a_top_k_cache_of_pairs_scores_the_completions(tmp_path):
+    teacher = lm(1, d=24)
+    ex = pairs(10)
+    cache = dk.cache_teacher_logits(teacher, ex, tmp_path / "c", top_k=V, dtype=torch.float32, progress=False)
+    assert cache.num_tokens == sum(len(c) for _, c in ex)
+    a, b = lm(2), lm(2)
+    cfg = dict(steps=3, batch_size=4, progress=False, device="cpu", warmup_steps=0)
+    dk.distill(a, cache, ex, config=dk.TrainConfig(**cfg))
+    dk.distill(b, teacher, ex, config=dk.TrainConfig(**cfg))
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v, b.state_dict()[k], atol=1e-4), k
+
+
+@pytest.mark.parametrize("make", [lm, hf_lm], ids=["TransformerLM", "gpt2"])
+def test_on_policy_honours_max_new_tokens(make):
+    student, teacher = make(0), make(1)
+    windows = [list(range(3, 15))] * 4
+    scored = {}
+    for n in (2, 80):
+        targets = dk.OnPolicyTargets(teacher, lam=1.0, max_new_tokens=n)
+        batch, _ = targets(adapt(student).collate(windows), student)
+        scored[n] = int((batch.labels[0] != -100).sum())
+    assert scored[2] <= 2 < scored[80] <= 6  # plain windows: at most to the window's length (12 - 6)
+    targets = dk.OnPolicyTargets(teacher, lam=1.0, max_new_tokens=3)
+    batch, _ = targets(adapt(student).collate(pairs(4)), student)
+    first = (batch.labels != -100).int().argmax(1)
+    for j, (p, _) in enumerate(pairs(4)):
+        assert int(first[j]) == len(p) - 1  # the row's own prompt is kept
+        assert 1 <= int((batch.labels[j] != -100).sum()) <= 3
+
+
+# ---------------------------------------------------------------------------- context limits
+@pytest.mark.parametrize("make", [lm, hf_lm], ids=["TransformerLM", "gpt2"])
+def test_an_example_longer_than_the_model_reads_is_refused_before_any_step(make):
+    model = make(0, max_len=16) if make is lm else make(0, positions=16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ex = pairs(5) + [list(range(3, V)) * 2]  # 28 tokens: 27 positions
+    with pytest.raises(ValueError, match=r"examples\[5\] has 27 positions but the model reads at most 16"):
+        dk.train(model, ex, config=dk.TrainConfig(steps=1, progress=False, device="cpu"))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match=r"examples\[0\] has 27 positions"):
+        dk.evaluate_loss(model, ex[-1:])
+    with pytest.raises(ValueError, match=r"examples\[5\]"):
+        dk.precompute_teacher_logits(model, ex, progress=False)
+
+
+def test_max_length_keeps_the_completion_and_cuts_the_prompt_from_the_left():
+    from distilkit.protocol import fit_to_context
+
+    ad = adapt(lm(max_len=64))
+    ex = [(list(range(3, 13)), [14, 15, 16]), list(range(3, 11)), ([3], [4])]
+    with pytest.warns(UserWarning, match="max_length=5: 2 of 3 examples were cut"):
+        out = fit_to_context(ad, ex, max_length=5)
+    assert out[0] == ([10, 11, 12], [14, 15, 16])  # 5 positions: 3 prompt tokens + 3 completion - 1
+    assert out[1] == [3, 4, 5, 6, 7, 8]  # a plain sequence keeps its first max_length + 1 tokens
+    assert out[2] == ([3], [4])
+    with pytest.raises(ValueError, match="completion alone has 3 tokens"):
+        fit_to_context(ad, ex, max_length=2)
+    with pytest.raises(ValueError, match="max_length=65 is more than the 64 positions"):
+        fit_to_context(ad, ex, max_length=65)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fit_to_context(ad, ex) is ex  # nothing to cut: the same list, no warning
+    # through training: the cut examples train, and TrainConfig checks its value
+    with pytest.warns(UserWarning, match="were cut"):
+        dk.train(lm(max_len=8), ex * 4, config=dk.TrainConfig(steps=1, batch_size=4, max_length=6,
+                                                              progress=False, device="cpu"))
+    with pytest.raises(ValueError, match="TrainConfig.max_length must be a positive int"):
+        dk.TrainConfig(max_length=0)
