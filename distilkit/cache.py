@@ -121,6 +121,12 @@ def cache_teacher_logits(
         max_length: cut longer examples to fit (see :func:`distilkit.protocol.fit_to_context`);
             train with the same ``TrainConfig(max_length=...)``, so that the examples agree.
 
+    Under torchrun (an initialised process group of several processes) every process runs
+    its own copy of the teacher over a contiguous share of the batches and writes its own
+    shards (``shard-<n>-r<rank>.safetensors``); rank 0 writes the one manifest, in example
+    order, after all of them. Call it on every rank with the same arguments; ``out_dir`` must
+    be a folder they share. The rows equal those of one process, example by example.
+
     Per counted target position the cache holds ``top_k * (bytes(dtype) + bytes(index)) + 4``
     bytes. The manifest is written last, atomically, so an interrupted run leaves no cache
     that :func:`load_teacher_cache` would accept.
@@ -139,10 +145,13 @@ def cache_teacher_logits(
         raise ValueError("examples must not be empty")
     examples = fit_to_context(adapter, examples, max_length)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
-    for old in out.glob("shard-*.safetensors"):
-        old.unlink()
+    rank, world = _rank_world()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)
+        for old in out.glob("shard-*.safetensors"):
+            old.unlink()
+    _barrier(world)  # the old cache is gone before any rank writes
     model = adapter.model
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was = model.training
@@ -150,12 +159,11 @@ def cache_teacher_logits(
     idx_dtype = _index_dtype(vocab)
     shards, total_tokens = [], 0
     try:
-        for s0 in tqdm(range(0, len(examples), examples_per_shard), desc="teacher cache",
-                       disable=not progress):
+        for g, batches in tqdm(_my_shards(len(examples), batch_size, examples_per_shard, rank, world),
+                               desc="teacher cache", disable=not (progress and rank == 0)):
             logp_rows, idx_rows, tail_rows, lengths = [], [], [], []
-            for b0 in range(s0, min(s0 + examples_per_shard, len(examples)), batch_size):
-                chunk = [examples[i] for i in range(b0, min(b0 + batch_size, s0 + examples_per_shard,
-                                                             len(examples)))]
+            for b0, b1 in batches:
+                chunk = [examples[i] for i in range(b0, b1)]
                 batch = adapter.collate(chunk).to(dev)
                 log_p = F.log_softmax(adapter.logits(batch).float() / temperature, dim=-1)
                 top, ids = log_p.topk(top_k, dim=-1)
@@ -168,7 +176,9 @@ def cache_teacher_logits(
                     tail_rows.append(tail[j][m].cpu())
                     lengths.append(int(m.sum()))
             offsets = torch.tensor([0] + lengths).cumsum(0)
-            name = f"shard-{len(shards):05d}.safetensors"
+            s0 = batches[0][0]
+            # numbered by the one-process shard it belongs to; a rank's share may cut one in two
+            name = f"shard-{g:05d}.safetensors" if world == 1 else f"shard-{g:05d}-r{rank:03d}.safetensors"
             atomic_write_bytes(out / name, st_save({
                 "log_probs": torch.cat(logp_rows).contiguous(),
                 "indices": torch.cat(idx_rows).contiguous(),
@@ -180,6 +190,16 @@ def cache_teacher_logits(
             total_tokens += int(offsets[-1])
     finally:
         model.train(was)
+    if world > 1:  # rank 0 lists every rank's shards, in example order (ranks hold contiguous shares)
+        import torch.distributed as dist
+
+        everyone = [None] * world
+        dist.all_gather_object(everyone, shards)
+        shards = [s for part in everyone for s in part]
+        total_tokens = sum(s["num_tokens"] for s in shards)
+    if rank != 0:
+        _barrier(world)  # wait for rank 0's manifest
+        return TeacherCache(out)
     manifest = {
         "format": FORMAT,
         "teacher": teacher_name or _teacher_name(model),
@@ -195,7 +215,43 @@ def cache_teacher_logits(
         "shards": shards,
     }
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    _barrier(world)
     return TeacherCache(out)
+
+
+def _rank_world() -> Tuple[int, int]:
+    """(rank, world size) of an initialised process group (torchrun), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _my_shards(n: int, batch_size: int, per_shard: int, rank: int, world: int):
+    """This rank's work as ``[(shard number, [(start, end) of each batch])]``. The batches are
+    those of one process (``batch_size`` examples, cut at every ``per_shard``-th example), so
+    every example is scored in the same batch as in one process: same padding, same values.
+    Rank r takes the r-th contiguous share of them (sizes differ by at most one batch)."""
+    batches = [(g, b0, min(b0 + batch_size, s0 + per_shard, n))
+               for g, s0 in enumerate(range(0, n, per_shard))
+               for b0 in range(s0, min(s0 + per_shard, n), batch_size)]
+    k, extra = divmod(len(batches), world)
+    start = rank * k + min(rank, extra)
+    mine = batches[start : start + k + (1 if rank < extra else 0)]
+    out: list = []
+    for g, b0, b1 in mine:
+        if not out or out[-1][0] != g:
+            out.append((g, []))
+        out[-1][1].append((b0, b1))
+    return out
 
 
 # ============================================================================ reading

@@ -145,13 +145,26 @@ def read_checkpoint_meta(path: Union[str, Path]) -> dict:
 
 def save_model(model: torch.nn.Module, path: Union[str, Path], tokenizer: Optional[Tokenizer] = None,
                extra: Optional[dict] = None) -> None:
-    """Save a distilkit model's weights, config (and optionally its tokenizer) to ``path``."""
+    """Save a distilkit model's weights, config (and optionally its tokenizer) to ``path``.
+
+    A model sharded by ``TrainConfig(parallel="fsdp")`` is gathered first: call this on every
+    rank; rank 0 writes the full weights (a file that loads in one process)."""
     if not hasattr(model, "config"):
         raise TypeError("model must be a distilkit model with a .config (Seq2SeqLSTM or TransformerLM)")
     meta = {"kind": "model", "config": config_to_dict(model.config), "extra": extra or {}}
     if tokenizer is not None:
         meta["tokenizer"] = tokenizer.to_dict()
-    write_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()}, meta)
+    state = model.state_dict()
+    if any(hasattr(v, "full_tensor") for v in state.values()):
+        # sharded by FSDP (TrainConfig(parallel="fsdp")): gather the full weights onto rank 0 --
+        # a collective, so every rank calls save_model -- and write them there only
+        import torch.distributed as dist
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if dist.get_rank() != 0:
+            return
+    write_checkpoint(path, {f"model.{k}": v for k, v in state.items()}, meta)
 
 
 def _model_state(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

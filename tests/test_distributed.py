@@ -21,15 +21,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp_path, name, world, batch_size, steps=6, ckpt="", distill=False):
+def _run(tmp_path, name, world, batch_size, steps=6, ckpt="", distill=False, parallel="ddp", options=""):
+    """Run tests/_ddp_worker.py; returns ({"state", "loss", "valid"}, stderr). The state is read
+    back from the file ``dk.save_model`` wrote, in this one process."""
+    from distilkit.checkpoint import read_checkpoint
+
     out = tmp_path / f"{name}.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run([sys.executable, str(WORKER), str(world), str(_free_port()), str(out),
-                           str(batch_size), str(steps), str(ckpt), "1" if distill else "0"],
+                           str(batch_size), str(steps), str(ckpt), "1" if distill else "0", parallel, options],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(out), proc.stderr
+    tensors, _ = read_checkpoint(f"{out}.safetensors")
+    return {**torch.load(out), "state": {k[6:]: v for k, v in tensors.items()}}, proc.stderr
 
 
 def _max_diff(a, b):

@@ -19,6 +19,9 @@ __all__ = ["AMP_DTYPES", "TrainConfig", "KDConfig", "History", "resolve_device"]
 #: Accepted ``TrainConfig.amp_dtype`` values (autocast precision on CUDA).
 AMP_DTYPES = ("bfloat16", "float16")
 
+#: Accepted ``TrainConfig.parallel`` values (how torchrun's processes share the student).
+PARALLEL_MODES = ("ddp", "fsdp")
+
 
 @dataclass
 class TrainConfig:
@@ -29,6 +32,12 @@ class TrainConfig:
     float16 a gradient scaler multiplies the loss so that small gradients do not underflow,
     and a step whose scaled gradient overflowed is skipped (recorded in
     ``History.skipped_step``) instead of raising. On other devices ``amp`` does nothing.
+
+    ``parallel`` (under torchrun, ``WORLD_SIZE > 1``): ``"ddp"`` keeps a full student per
+    process (``DistributedDataParallel``); ``"fsdp"`` shards its parameters, gradients and
+    optimizer state over the processes (FSDP2's ``fully_shard``, per block), and with
+    ``shard_teacher=True`` the frozen teacher's parameters too. Same batches, same result; in
+    one process both mean plain training.
     """
 
     steps: int = 1000
@@ -53,6 +62,8 @@ class TrainConfig:
     progress: bool = True
     desc: str = "train"
     max_length: Optional[int] = None
+    parallel: str = "ddp"
+    shard_teacher: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size",
@@ -72,6 +83,14 @@ class TrainConfig:
         if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(
                 self.max_length, int) or self.max_length < 1):
             raise ValueError(f"TrainConfig.max_length must be a positive int or None, got {self.max_length!r}")
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"TrainConfig.parallel must be one of {', '.join(PARALLEL_MODES)} (under "
+                             f"torchrun: data-parallel or sharded with FSDP2); got {self.parallel!r}")
+        if not isinstance(self.shard_teacher, bool):
+            raise ValueError(f"TrainConfig.shard_teacher must be True or False, got {self.shard_teacher!r}")
+        if self.shard_teacher and self.parallel != "fsdp":
+            raise ValueError("TrainConfig.shard_teacher=True needs parallel='fsdp' (DDP keeps one "
+                             "full teacher per process)")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
 

@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..data import IGNORE_INDEX
+from .config import PARALLEL_MODES
 
 __all__ = [
     "DistState",
@@ -41,6 +42,7 @@ __all__ = [
     "token_divisor",
     "all_reduce_sum",
     "wrap_model",
+    "PARALLEL_MODES",
     "unwrap_model",
     "barrier",
 ]
@@ -158,10 +160,18 @@ def barrier(state: DistState) -> None:
         dist.barrier()
 
 
-def wrap_model(model: nn.Module, state: DistState, device: torch.device) -> nn.Module:
-    """``DistributedDataParallel(model)`` when distributed, the model itself otherwise."""
+def wrap_model(model: nn.Module, state: DistState, device: torch.device, parallel: str = "ddp") -> nn.Module:
+    """When distributed: ``DistributedDataParallel(model)`` (``parallel="ddp"``), or ``model``
+    itself sharded in place with FSDP2 (``"fsdp"``, :mod:`~distilkit.training.fsdp`). In one
+    process: the model itself."""
+    if parallel not in PARALLEL_MODES:
+        raise ValueError(f"parallel must be one of {', '.join(PARALLEL_MODES)}; got {parallel!r}")
     if not state.enabled:
         return model
+    if parallel == "fsdp":
+        from .fsdp import shard_module
+
+        return shard_module(model)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index if device.index is not None else state.local_rank] if device.type == "cuda" else None
@@ -175,7 +185,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 @contextmanager
 def maybe_no_sync(model: nn.Module, last: bool) -> Iterator[None]:
-    """Skip DDP's gradient all-reduce on all micro-batches of a step but the last."""
+    """Skip DDP's gradient all-reduce (FSDP's reduce-scatter) on all micro-batches of a step
+    but the last."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: a flag, not a context
+        model.set_requires_gradient_sync(last)
+        yield
+        return
     ctx = model.no_sync() if (not last and hasattr(model, "no_sync")) else nullcontext()
     with ctx:
         yield

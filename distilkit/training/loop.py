@@ -43,8 +43,9 @@ from .distributed import (
     token_divisor,
     wrap_model,
 )
-from .resume import Best, latest_loadable, resumed_best, save_state
-from .targets import CacheTargets, HardLabels, Targets, TeacherLogits, student_output
+from .fsdp import local, local_norm
+from .resume import Best, latest_loadable, load_model_state, model_state, resumed_best, save_state
+from .targets import CacheTargets, HardLabels, OnPolicyTargets, Targets, TeacherLogits, student_output
 
 __all__ = ["train", "distill", "evaluate_loss", "default_collate"]
 
@@ -208,9 +209,16 @@ def train(
     model.to(device)
     if targets.teacher is not None:
         targets.teacher.to(device).eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("model has no trainable parameters (all requires_grad=False)")
+    sharded = dist_state.enabled and config.parallel == "fsdp"
+    if sharded:
+        _check_fsdp(model, targets, config)
+    # DDP wraps the model; FSDP shards it in place (new parameters: before the optimizer)
+    adapter.forward_module = wrap_model(model, dist_state, device, config.parallel)
+    if sharded and config.shard_teacher and targets.teacher is not None:
+        wrap_model(targets.teacher, dist_state, device, "fsdp")
+    params = [p for p in model.parameters() if p.requires_grad]
     vocab = adapter.vocab_size
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
@@ -219,7 +227,6 @@ def train(
     # every rank draws the same global batch of world_size x batch_size and keeps its slice
     iterator = BatchIterator(train_examples, config.batch_size * dist_state.world_size,
                              rank_collate(train_collate, dist_state), seed=config.seed)
-    adapter.forward_module = wrap_model(model, dist_state, device)
     history, start, best = History(), 0, Best()
     folder = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     if folder is not None and config.resume:
@@ -258,13 +265,15 @@ def train(
                 scaler.unscale_(optimizer)
             count = n_tokens.clamp(min=1)
             divisor = token_divisor(count, dist_state)
-            grads = [p.grad for p in params if p.grad is not None]
+            grads = [local(p.grad) for p in params if p.grad is not None]  # FSDP: this rank's shards
             for g in grads:
                 g.div_(divisor)
-            if config.clip_norm is not None:
-                grad_finite = torch.isfinite(torch.nn.utils.clip_grad_norm_(params, config.clip_norm))
+            if config.clip_norm is not None:  # on DTensors too: the norm is over all shards
+                grad_finite = torch.isfinite(local_norm(torch.nn.utils.clip_grad_norm_(params, config.clip_norm)))
             elif grads:
                 grad_finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+                if sharded:  # every rank must take the same decision
+                    grad_finite = all_reduce_sum((~grad_finite).float(), dist_state) == 0
             else:
                 grad_finite = torch.ones((), dtype=torch.bool, device=device)
             # the one host read of the step
@@ -300,25 +309,40 @@ def train(
                 history.valid_step.append(done)
                 history.valid_loss.append(vl)
                 if config.restore_best and vl < best.valid_loss:
-                    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    best = Best(vl, done, state)
+                    best = Best(vl, done, model_state(model, all_ranks=True))
                 bar.set_postfix(loss=f"{step_loss:.3f}", valid=f"{vl:.3f}")
             elif done % 10 == 0:
                 bar.set_postfix(loss=f"{step_loss:.3f}")
             bar.update(1)
             history.seconds = time.perf_counter() - t0
             if folder is not None and (done % config.checkpoint_every == 0 or done == config.steps):
-                if dist_state.is_main:  # one writer; the other ranks wait for the file
+                # one writer; the other ranks wait for the file (under FSDP they first help
+                # gather the full state)
+                if dist_state.is_main or sharded:
                     save_state(folder, done, model, optimizer, scheduler, iterator, history, config, kd,
-                                scaler, best if config.restore_best else None)
+                               scaler, best if config.restore_best else None, write=dist_state.is_main)
                 barrier(dist_state)
     finally:
         bar.close()
         adapter.forward_module = model
     if config.restore_best and best.state is not None:
-        model.load_state_dict(best.state)
+        load_model_state(model, best.state)
     model.eval()
     return history
+
+
+def _check_fsdp(model: nn.Module, targets: Targets, config: TrainConfig) -> None:
+    """What sharding cannot do, refused before anything is sharded."""
+    kd = targets.kd
+    if kd is not None and kd.memory_bounded and not hasattr(model, "hidden_and_head"):
+        raise ValueError(
+            "KDConfig.memory_bounded with TrainConfig(parallel='fsdp') needs a model with its own "
+            f"hidden_and_head() method (distilkit's models); {type(model).__name__}'s hidden states are "
+            "computed by its adapter outside the sharded forward, where its parameters are still "
+            "sharded. Use memory_bounded=False, or parallel='ddp' with one process")
+    if getattr(targets, "teacher", None) is not None and isinstance(targets, OnPolicyTargets):
+        raise ValueError("OnPolicyTargets with TrainConfig(parallel='fsdp') is not supported: sampling "
+                         "from the student calls it outside its forward; use parallel='ddp'")
 
 
 def _raise_for_loss(step, value, host_batches, adapter, targets, kd, device, config, alignment):

@@ -18,8 +18,9 @@ from ..adapters import adapt
 from ..checkpoint import CheckpointError, read_checkpoint, read_checkpoint_meta, write_checkpoint
 from ..models import config_to_dict
 from .config import History
+from .fsdp import full_model_state, full_optimizer_state, is_sharded, load_full_state
 
-__all__ = ["Best", "save_state", "latest_loadable", "resumed_best"]
+__all__ = ["Best", "save_state", "latest_loadable", "resumed_best", "model_state", "load_model_state"]
 
 _CKPT = re.compile(r"^step-(\d+)\.safetensors$")
 _BEST = re.compile(r"^best-(\d+)\.safetensors$")
@@ -59,14 +60,37 @@ class Best:
         return {"step": self.step, "valid_loss": self.valid_loss, "file": f"best-{self.step:08d}.safetensors"}
 
 
+def model_state(model: nn.Module, all_ranks: bool = False) -> dict:
+    """A copy of the model's full ``state_dict``; a sharded (FSDP) model's is gathered -- a
+    collective, every rank calls it -- onto rank 0 (every rank with ``all_ranks``)."""
+    if is_sharded(model):
+        return full_model_state(model, all_ranks)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def load_model_state(model: nn.Module, state: dict) -> None:
+    """Load a full ``state_dict`` (into a sharded model: every rank keeps its shard)."""
+    if is_sharded(model):
+        load_full_state(model, None, state)
+    else:
+        model.load_state_dict(state)
+
+
 def save_state(folder: Path, step: int, model, optimizer, scheduler, iterator, history, config, kd,
-                scaler=None, best: Optional[Best] = None):
+                scaler=None, best: Optional[Best] = None, write: bool = True):
+    """Write the training state. A sharded model is gathered first: then every rank calls
+    this, and only the one with ``write`` writes."""
+    if is_sharded(model):
+        state, opt = full_model_state(model), full_optimizer_state(model, optimizer)
+    else:
+        state, opt = model.state_dict(), optimizer.state_dict()
+    if not write:
+        return
     if best is not None and best.state is not None and not best.written:
         write_checkpoint(folder / best.ref()["file"], {f"model.{k}": v for k, v in best.state.items()},
                          {"kind": "best_weights", "model_config": model_config(model), **best.ref()})
         best.written = True
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in state.items()}
     for pid, st in opt["state"].items():
         for key, val in st.items():
             t = val if isinstance(val, torch.Tensor) else torch.tensor(val)
@@ -113,13 +137,17 @@ def load_state(path: Path, model, optimizer, scheduler, iterator, scaler=None):
             f"checkpoint {path} was made for a different model config:\n"
             f"  checkpoint: {meta.get('model_config')}\n  model:      {mine}"
         )
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     state = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
             _, pid, key = k.split(".", 2)
             state.setdefault(int(pid), {})[key] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if is_sharded(model):  # every rank reads the full state and keeps its shards
+        load_full_state(model, optimizer, weights, {"state": state, "param_groups": meta["param_groups"]})
+    else:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
     iterator.load_state_dict(meta["iterator"])
     if scaler is not None and meta.get("grad_scaler"):
