@@ -32,7 +32,11 @@ SLOW = {
     "book/03_algorithm_and_math.ipynb": 45,
     "book/07_hf_model.ipynb": 40,
     "book/01_background.ipynb": 35,
+    "tests/test_fsdp.py": 55,
+    "tests/test_cli_flags.py": 45,
+    "tests/test_parallel_cache.py": 30,
     "tests/test_crash_resume.py": 28,
+    "tests/test_prompt_completion.py": 25,
     "book/08_lm_distillation.ipynb": 25,
     "tests/test_notebooks_committed.py": 20,
 }

@@ -173,3 +173,90 @@ def test_max_length_keeps_the_completion_and_cuts_the_prompt_from_the_left():
                                                               progress=False, device="cpu"))
     with pytest.raises(ValueError, match="TrainConfig.max_length must be a positive int"):
         dk.TrainConfig(max_length=0)
+
+
+# ---------------------------------------------------------------------------- chat and prompt records
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} "
+                 "{% if m['role'] == 'assistant' %}<eos> {% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+WORDS = "hello there how are you ok fine thanks and you good bye the eagle serves thai food name"
+
+
+def chat_tokenizer():
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    raw.train_from_iterator([WORDS], trainers.WordLevelTrainer(
+        special_tokens=["<pad>", "<unk>", "<eos>", "<|user|>", "<|assistant|>", "<|system|>"]))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", pad_token="<pad>",
+                                               unk_token="<unk>")
+    tok.chat_template = CHAT_TEMPLATE  # defined here: nothing is downloaded
+    return tok
+
+
+CHAT = {"messages": [{"role": "system", "content": "good"}, {"role": "user", "content": "hello there"},
+                     {"role": "assistant", "content": "ok fine thanks"}, {"role": "user", "content": "how are you"},
+                     {"role": "assistant", "content": "good bye"}]}
+
+
+def test_chat_records_score_the_assistant_turns_only():
+    tok = chat_tokenizer()
+    pairs_ = dk.chat_examples([CHAT], tok)
+    assert len(pairs_) == 2  # one example per assistant turn
+    (p1, c1), (p2, c2) = pairs_
+    assert tok.decode(c1) == "ok fine thanks <eos>" and tok.decode(c2) == "good bye <eos>"
+    assert tok.decode(p1).endswith("<|user|> hello there <|assistant|>")
+    assert tok.decode(p2).endswith("<|user|> how are you <|assistant|>") and p2[: len(p1)] == p1
+    batch = adapt(hf_lm_for(tok)).collate(pairs_)
+    scored = [tok.decode(row[row != -100]) for row in batch.labels]
+    assert scored == ["ok fine thanks <eos>", "good bye <eos>"]
+
+
+def hf_lm_for(tok, seed=0, width=16):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=len(tok), n_positions=64, n_embd=width, n_layer=1, n_head=2, bos_token_id=2,
+        eos_token_id=2, pad_token_id=0))
+
+
+def test_prompt_completion_records_and_their_errors():
+    tok = chat_tokenizer()
+    [(p, c)] = dk.chat_examples([{"prompt": "name the eagle", "completion": "the eagle serves thai food"}], tok)
+    assert tok.decode(p) == "name the eagle" and tok.decode(c) == "the eagle serves thai food <eos>"
+    with pytest.raises(ValueError, match=r"records\[1\]: has the keys \['text'\]"):
+        dk.chat_examples([CHAT, {"text": "x"}], tok)
+    with pytest.raises(ValueError, match=r"records\[0\]: the conversation has no assistant turn"):
+        dk.chat_examples([{"messages": [{"role": "user", "content": "hello"}]}], tok)
+    with pytest.raises(ValueError, match=r"records\[0\]: 'completion' must be a string, got int"):
+        dk.chat_examples([{"prompt": "hello", "completion": 3}], tok)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="chat template"):
+        dk.chat_examples([CHAT], tok)
+
+
+def test_cli_distils_a_causal_student_on_chat_jsonl(tmp_path, capsys):
+    import json
+
+    from distilkit.cli import main
+
+    tok = chat_tokenizer()
+    for name, width in (("teacher", 24), ("student", 16)):
+        hf_lm_for(tok, width=width).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(CHAT) + "\n" for _ in range(12))
+                    + json.dumps({"prompt": "hello there", "completion": "ok fine"}) + "\n")
+    out = tmp_path / "distilled"
+    assert main(["distill", "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
+                 "--data", str(data), "--steps", "2", "--batch-size", "4", "--no-progress", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["train_examples"] == 24  # 12 conversations x 2 assistant turns + 1 pair, one held out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(CHAT) + "\n" + json.dumps({"messages": "hi"}) + "\n")
+    rc = main(["distill", "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
+               "--data", str(bad), "--steps", "1", "--no-progress", "--out", str(tmp_path / "x")])
+    assert rc == 2 and f"{bad}, line 2: 'messages' must be a non-empty list" in capsys.readouterr().err

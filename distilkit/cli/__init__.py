@@ -40,8 +40,10 @@ your own data and Hugging Face models (pip install "distilkit[hf]"):
 
 A flag that does not apply to the chosen model or data is refused with an error naming it.
 
---data: a text file (language models) or a .jsonl file of {"input": ..., "output": ...} lines
-(encoder-decoder models); a malformed line is an error naming its line number.
+--data: a text file (language models), or a .jsonl file: {"input": ..., "output": ...} lines for
+encoder-decoder models; for language models {"messages": [...]} chat lines (the tokenizer's chat
+template; assistant turns scored), {"prompt": ..., "completion": ...} or input/output lines (the
+completion scored). A malformed line is an error naming its line number.
 """
 
 CHECKPOINT_HELP = "checkpoint file (.safetensors) or the name of a shipped one, e.g. d2t-teacher"
@@ -75,6 +77,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                         "lines (encoder-decoder models); the last 5%% is held out for validation")
     g.add_argument("--block-size", type=int, default=128,
                    help="language models: tokens per training window (default 128)")
+    g.add_argument("--max-length", type=int, metavar="N",
+                   help="cut examples longer than N positions (a prompt loses tokens from its left, the "
+                        "completion is kept); default: an example longer than the model reads is an error")
 
 
 def build_parser() -> argparse.ArgumentParser:

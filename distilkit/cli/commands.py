@@ -148,7 +148,7 @@ def cache_teacher(args) -> int:
     try:
         cache = cache_teacher_logits(teacher, ex.train, out, top_k=args.top_k, temperature=args.temperature,
                                      batch_size=args.batch_size, teacher_name=args.teacher,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, max_length=args.max_length)
     except ValueError as exc:
         msg = str(exc)
         for name, flag in (("top_k", "--top-k"), ("batch_size", "--batch-size")):

@@ -23,6 +23,8 @@ FLAG_OF: Dict[str, str] = {
     "top_p": "--top-p",
     "max_new_tokens": "--max-new-tokens",
     "device": "--device",
+    "TrainConfig.max_length": "--max-length",
+    "max_length": "--max-length",
 }
 _FLAG_RE = re.compile(
     r"(?<![\w.-])(" + "|".join(re.escape(k) for k in sorted(FLAG_OF, key=len, reverse=True)) + r")"

@@ -113,7 +113,7 @@ def train_config(args, desc: str):
 
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                        seed=args.seed, device=args.device, checkpoint_dir=args.checkpoint_dir,
-                       progress=not args.no_progress, restore_best=True, desc=desc)
+                       progress=not args.no_progress, restore_best=True, desc=desc, max_length=args.max_length)
 
 
 def kd_config(args):
