@@ -345,7 +345,7 @@ CASES: List[Case] = [
          ["prompt length 40", "max_len 16"]),
     Case("lm-train-windows-past-max-len", "train(TransformerLM max_len=16, windows of 40 tokens)",
          lambda c: dk.train(c.lm(16), [[1] * 41] * 4, config=_cfg()), ValueError,
-         ["sequence length 40", "max_len 16", "truncate"]),
+         ["has 40 positions", "at most 16", "max_length="]),
     Case("unknown-decoding-method", "generate(model, inputs, method='nucleus')",
          lambda c: dk.generate(c.lm(), [[1]], method="nucleus", max_new_tokens=3), ValueError,
          ["method", "'nucleus'", "greedy", "beam", "sample"]),

@@ -358,10 +358,12 @@ def test_transformer_lengths_around_max_len_give_output_or_a_clear_error(method)
                     call()
                 assert not isinstance(info.value, IndexError)
     # teacher forcing and evaluation on windows longer than max_len: ValueError, not IndexError
-    for fn in (lambda: m(torch.ones(1, 13, dtype=torch.long)),
-               lambda: dk.evaluate_loss(m, [[1] * 14]),
-               lambda: dk.precompute_teacher_logits(m, [[1] * 14], progress=False)):
-        with pytest.raises(ValueError, match=r"exceeds the model's max_len 12"):
+    with pytest.raises(ValueError, match=r"exceeds the model's max_len 12"):
+        m(torch.ones(1, 13, dtype=torch.long))
+    # the entry points check every example before any work, and name it
+    for fn in (lambda: dk.evaluate_loss(m, [[1] * 5, [1] * 14]),
+               lambda: dk.precompute_teacher_logits(m, [[1] * 5, [1] * 14], progress=False)):
+        with pytest.raises(ValueError, match=r"examples\[1\] has 13 positions but the model reads at most 12"):
             fn()
 
 
