@@ -117,6 +117,7 @@ _EXPORTS = {
     "KDConfig": "training",
     "OnPolicyTargets": "training",
     "TeacherLogits": "training",
+    "TeacherSamples": "training",
     "Targets": "training",
     "TrainConfig": "training",
     "CacheTargets": "training",

@@ -165,7 +165,11 @@ class CollateAdapter(ModelAdapter):
 
 # ============================================================================ dispatch
 def _is_hf_model(model: nn.Module) -> bool:
+    """A ``transformers`` model, or a ``peft`` wrapper (LoRA) around one."""
     transformers = sys.modules.get("transformers")  # a model of it exists only if it was imported
+    peft = sys.modules.get("peft")
+    if peft is not None and isinstance(model, peft.PeftModel):
+        model = model.get_base_model()
     return transformers is not None and isinstance(model, transformers.PreTrainedModel)
 
 
@@ -199,7 +203,7 @@ def adapt(model: Union[nn.Module, ModelAdapter], *, collate: Optional[Callable] 
     elif _is_hf_model(model):
         from . import hf
 
-        is_enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+        is_enc_dec = bool(getattr(hf.peft_base(model).config, "is_encoder_decoder", False))
         base = hf.HFSeq2SeqAdapter(model) if is_enc_dec else hf.HFCausalAdapter(model)
     elif getattr(model, "kind", None) in KINDS or (
             hasattr(model, "config") and all(hasattr(model, a) for a in ("start", "step", "reorder_state"))):

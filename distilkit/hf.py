@@ -22,6 +22,7 @@ import inspect
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -63,16 +64,30 @@ def _prompts(inputs: Sequence[Sequence[int]], what: str) -> list:
     return out
 
 
+def peft_base(model: nn.Module) -> nn.Module:
+    """The ``transformers`` model inside a ``peft`` wrapper (a LoRA student), else ``model``. peft
+    puts its adapters into the base model's own layers, so calling the base model runs them."""
+    peft = sys.modules.get("peft")  # a peft model exists only if peft was imported
+    if peft is not None and isinstance(model, peft.PeftModel):
+        return model.get_base_model()
+    return model
+
+
 class _HFAdapter(ModelAdapter):
+    """``model``: what training updates and what is exported (a ``transformers`` model, or a
+    ``peft`` wrapper around one: its adapters are then what is trained and saved); ``core``:
+    the ``transformers`` model itself (config, layers, output layer)."""
+
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        cfg = model.config
-        head = model.get_output_embeddings()
+        self.core = core = peft_base(model)
+        cfg = core.config
+        head = core.get_output_embeddings()
         self.vocab_size = int(head.weight.shape[0]) if head is not None else int(cfg.vocab_size)
         self.eos_id = _first_id(getattr(cfg, "eos_token_id", None))
         self.max_len = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         self._head_checked = False
-        params = inspect.signature(model.forward).parameters
+        params = inspect.signature(core.forward).parameters
         self._takes_positions = "position_ids" in params
         # the KV-cache keyword: ``cache`` in recent transformers, ``past_key_values`` before
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -85,7 +100,7 @@ class _HFAdapter(ModelAdapter):
                                  f"[0, {self.vocab_size})")
 
     def _head(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        head = self.model.get_output_embeddings()
+        head = self.core.get_output_embeddings()
         if head is None or not hasattr(head, "weight"):
             raise NotImplementedError(f"{type(self.model).__name__} has no output layer to compute logits from")
         return head.weight, getattr(head, "bias", None)
@@ -181,7 +196,7 @@ class HFCausalAdapter(_HFAdapter):
         return out.logits
 
     def hidden_and_head(self, batch):
-        out = self.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+        out = self.core.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                     use_cache=False)
         hidden = out.last_hidden_state
         weight, bias = self._head()
@@ -205,7 +220,7 @@ class HFCausalAdapter(_HFAdapter):
         elif len({len(p) for p in prompts}) > 1:
             raise ValueError(f"{type(self.model).__name__} takes no position_ids, so prompts of different "
                              "lengths cannot be decoded in one call; generate them separately")
-        out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
+        out = self.core(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
         state = {"cache": _cache_of(out), "mask": mask, "next_pos": mask.sum(-1)}
         return out.logits[:, -1], state
 
@@ -213,7 +228,7 @@ class HFCausalAdapter(_HFAdapter):
         mask = torch.cat([state["mask"], state["mask"].new_ones(state["mask"].shape[0], 1)], dim=1)
         kwargs = {"position_ids": state["next_pos"][:, None]} if self._takes_positions else {}
         kwargs[self._cache_arg] = state["cache"]
-        out = self.model(input_ids=tokens[:, None], attention_mask=mask, use_cache=True, **kwargs)
+        out = self.core(input_ids=tokens[:, None], attention_mask=mask, use_cache=True, **kwargs)
         return out.logits[:, -1], {"cache": _cache_of(out), "mask": mask, "next_pos": state["next_pos"] + 1}
 
     def reorder_state(self, state, index):
@@ -262,12 +277,12 @@ class HFSeq2SeqAdapter(_HFAdapter):
         return out.logits
 
     def hidden_and_head(self, batch):
-        enc = self.model.get_encoder()(input_ids=batch.src, attention_mask=batch.attention_mask)
-        dec = self.model.get_decoder()(input_ids=batch.decoder_input, encoder_hidden_states=enc.last_hidden_state,
+        enc = self.core.get_encoder()(input_ids=batch.src, attention_mask=batch.attention_mask)
+        dec = self.core.get_decoder()(input_ids=batch.decoder_input, encoder_hidden_states=enc.last_hidden_state,
                                        encoder_attention_mask=batch.attention_mask, use_cache=False)
         hidden = dec.last_hidden_state
-        if getattr(self.model.config, "scale_decoder_outputs", False):  # T5 with tied embeddings
-            hidden = hidden * (self.model.config.d_model ** -0.5)
+        if getattr(self.core.config, "scale_decoder_outputs", False):  # T5 with tied embeddings
+            hidden = hidden * (self.core.config.d_model ** -0.5)
         weight, bias = self._head()
         extra = getattr(self.model, "final_logits_bias", None)  # BART-style models add this buffer
         if isinstance(extra, torch.Tensor):
@@ -286,13 +301,13 @@ class HFSeq2SeqAdapter(_HFAdapter):
             src[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
         src, mask = src.to(device), mask.to(device)
-        enc = self.model.get_encoder()(input_ids=src, attention_mask=mask)
+        enc = self.core.get_encoder()(input_ids=src, attention_mask=mask)
         state = {"encoder": enc, "mask": mask, "cache": None}
         first = torch.full((len(sources),), self.bos_id, dtype=torch.long, device=device)
         return self.step(state, first)
 
     def step(self, state, tokens):
-        out = self.model(encoder_outputs=state["encoder"], attention_mask=state["mask"],
+        out = self.core(encoder_outputs=state["encoder"], attention_mask=state["mask"],
                          decoder_input_ids=tokens[:, None], use_cache=True, **{self._cache_arg: state["cache"]})
         return out.logits[:, -1], {**state, "cache": _cache_of(out)}
 

@@ -260,3 +260,46 @@ def test_cli_distils_a_causal_student_on_chat_jsonl(tmp_path, capsys):
     rc = main(["distill", "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
                "--data", str(bad), "--steps", "1", "--no-progress", "--out", str(tmp_path / "x")])
     assert rc == 2 and f"{bad}, line 2: 'messages' must be a non-empty list" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- teacher samples, LoRA
+def test_teacher_samples_replace_the_completions_with_the_teachers():
+    student, teacher = lm(0), lm(1, d=24)
+    ex = pairs(6)
+    targets = dk.TeacherSamples(teacher, max_new_tokens=4, sample_temperature=1e-4)  # ~ greedy
+    assert targets.kd.alpha == 0.5 and targets.lam == 1.0
+    batch, teacher_logits = targets(adapt(student).collate(ex), student)
+    for j, (p, _) in enumerate(ex):
+        want = dk.greedy(teacher, [p], max_new_tokens=4)[0]
+        got = batch.labels[j][batch.labels[j] != -100].tolist()
+        assert got[: len(want)] == want  # the teacher's own words are the new labels
+        assert int((batch.labels[j] != -100).int().argmax()) == len(p) - 1  # after the same prompt
+    assert teacher_logits.shape[:2] == batch.labels.shape
+    history = dk.train(student, ex, targets=dk.TeacherSamples(teacher, max_new_tokens=4),
+                       config=dk.TrainConfig(steps=3, batch_size=3, progress=False, device="cpu"))
+    assert all(torch.isfinite(torch.tensor(history.train_loss)))
+
+
+def test_a_lora_student_trains_and_exports_through_the_same_calls(tmp_path):
+    peft = pytest.importorskip("peft")
+    base, teacher = hf_lm(0), hf_lm(1, width=24)
+    frozen = {k: v.clone() for k, v in base.state_dict().items()}
+    student = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"],
+                                                        lora_dropout=0.0))
+    lora = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert lora and all("lora_" in n for n in lora)
+    ex = pairs(12)
+    dk.distill(student, teacher, ex, config=dk.TrainConfig(steps=3, batch_size=4, lr=1e-2, progress=False,
+                                                           device="cpu", warmup_steps=0))
+    changed = {n for n, p in student.named_parameters() if n in lora and p.abs().sum() > 0}
+    assert changed  # the adapters learned (lora_B starts at zero)
+    for k, v in student.get_base_model().state_dict().items():  # the base weights did not move
+        if "lora_" not in k:
+            assert torch.equal(v, frozen[k.replace(".base_layer", "")]), k
+    dk.save_pretrained(student, tmp_path / "lora")
+    assert (tmp_path / "lora" / "adapter_config.json").is_file()
+    reloaded = peft.PeftModel.from_pretrained(hf_lm(0), tmp_path / "lora").eval()
+    batch = adapt(student).collate(ex[:4])
+    student.eval()
+    assert torch.allclose(adapt(reloaded).logits(batch), adapt(student).logits(batch), atol=1e-6)
+    assert dk.evaluate_loss(student, ex) == pytest.approx(dk.evaluate_loss(reloaded, ex), rel=1e-6)

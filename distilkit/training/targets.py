@@ -10,6 +10,7 @@ The training loop (:mod:`distilkit.training.loop`) knows nothing of teachers: it
 :class:`CachedTeacherLogits` word-level KD from logits stored with the examples
 :class:`CacheTargets`      word-level KD from a top-k teacher cache on disk
 :class:`OnPolicyTargets`   on-policy KD: the student's own samples, scored by the teacher
+:class:`TeacherSamples`    sequence-level KD on the fly: the teacher's samples, at every step
 ========================== ===============================================================
 
 Sequence-level KD changes the data instead (:func:`sequence_level_data`: the teacher's own
@@ -43,6 +44,7 @@ __all__ = [
     "CachedTeacherLogits",
     "CacheTargets",
     "OnPolicyTargets",
+    "TeacherSamples",
     "kd_loss",
     "student_output",
     "precompute_teacher_logits",
@@ -251,9 +253,14 @@ class OnPolicyTargets(Targets):
         self.max_new_tokens, self.sample_temperature = max_new_tokens, sample_temperature
         self.prompt_tokens = prompt_tokens
 
+    def writer(self, student: nn.Module) -> nn.Module:
+        """The model whose samples replace the targets: the student itself (on-policy)."""
+        return student
+
     def _seq2seq_samples(self, batch, student):
         srcs = [row[:n].tolist() for row, n in zip(batch.src.cpu(), batch.src_lengths.tolist())]
-        samples = sample(student, srcs, max_new_tokens=self.max_new_tokens, temperature=self.sample_temperature)
+        samples = sample(self.writer(student), srcs, max_new_tokens=self.max_new_tokens,
+                         temperature=self.sample_temperature)
         s_ad = adapt(student)
         return s_ad.collate([(s, y + [s_ad.eos_id]) for s, y in zip(srcs, samples)])
 
@@ -276,7 +283,7 @@ class OnPolicyTargets(Targets):
         samples = [None] * len(prompts)
         for n in sorted({len(q) for q in prompts}):  # one call per prompt length (some models need it)
             rows = [j for j, q in enumerate(prompts) if len(q) == n]
-            for j, y in zip(rows, sample(student, [prompts[j] for j in rows], max_new_tokens=new,
+            for j, y in zip(rows, sample(self.writer(student), [prompts[j] for j in rows], max_new_tokens=new,
                                          temperature=self.sample_temperature)):
                 samples[j] = y
         s_ad = adapt(student)
@@ -296,6 +303,28 @@ class OnPolicyTargets(Targets):
             finally:
                 student.train(was)
         return batch, self.adapter.logits(batch)
+
+
+class TeacherSamples(OnPolicyTargets):
+    """Sequence-level KD on the fly (TRL's ``seq_kd``): with probability ``lam`` (default 1) a
+    batch's completions are replaced by ones *the teacher samples* for its prompts (or sources),
+    and the student learns from them -- from the teacher's tokens as labels and its logits on them
+    as soft targets, weighted by ``kd.alpha`` (default 0.5, as :class:`KDConfig`). Unlike
+    :func:`sequence_level_data` (the teacher decodes every input once, before training), each step
+    sees fresh samples. The prompts are those of :class:`OnPolicyTargets`: a
+    ``(prompt, completion)`` example's prompt, a source, or the start of a plain window;
+    ``max_new_tokens`` bounds the sample, ``sample_temperature`` its randomness."""
+
+    def __init__(self, teacher: nn.Module, kd: Optional[KDConfig] = None, lam: float = 1.0,
+                 max_new_tokens: int = 80, sample_temperature: float = 1.0,
+                 prompt_tokens: Optional[int] = None):
+        super().__init__(teacher, kd if kd is not None else _kd_or_default(None), lam=lam,
+                         max_new_tokens=max_new_tokens, sample_temperature=sample_temperature,
+                         prompt_tokens=prompt_tokens)
+
+    def writer(self, student: nn.Module) -> nn.Module:
+        """The teacher writes the targets."""
+        return self.teacher
 
 
 class CachedTeacherLogits(Targets):
