@@ -246,6 +246,8 @@ FLAG_CASES = [
     (_bad("generate", "--max-new-tokens", "0"), "--max-new-tokens", "max_new_tokens"),
     (_bad("distill", "--device", "gpu0"), "--device", "device must"),
     (_bad("distill", "--transfer", "-1"), "--transfer", "num_transfer"),
+    (_bad("distill", "--max-length", "0"), "--max-length", "TrainConfig.max_length"),
+    (_bad("train", "--max-length", "-2"), "--max-length", "TrainConfig.max_length"),
 ]
 
 

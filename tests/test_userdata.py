@@ -108,7 +108,11 @@ def test_load_user_examples_seq2seq_and_lm(tmp_path):
 
 def test_wrong_format_for_model_kind(tmp_path):
     tok = CharTokenizer.from_texts(["abc"])
-    with pytest.raises(ValueError, match="needs a seq2seq model"):
+    # JSONL for a causal model: each line a (prompt, completion) pair, the output scored
+    chars = CharTokenizer.from_texts([GOOD])
+    [(prompt, completion)] = load_user_examples(_write(tmp_path, "d.jsonl", GOOD), chars, "lm")
+    assert chars.decode(prompt) == "name : alimentum" and chars.decode(completion[:-1]) == "Alimentum is a pub."
+    with pytest.raises(ValueError, match=r"d.jsonl, line 1: .*not in the tokenizer's vocabulary"):
         load_user_examples(_write(tmp_path, "d.jsonl", GOOD), tok, "lm")
     with pytest.raises(ValueError, match="give it a .jsonl file"):
         load_user_examples(_write(tmp_path, "c.txt", "abc" * 50), tok, "seq2seq")

@@ -151,7 +151,7 @@ def cache_teacher(args) -> int:
                                      progress=not args.no_progress, max_length=args.max_length)
     except ValueError as exc:
         msg = str(exc)
-        for name, flag in (("top_k", "--top-k"), ("batch_size", "--batch-size")):
+        for name, flag in (("top_k", "--top-k"), ("batch_size", "--batch-size"), ("max_length", "--max-length")):
             msg = msg.replace(f"{name} must", f"{flag} must")
         raise ValueError(msg) from None
     folder = out / TOKENIZER_DIR

@@ -24,7 +24,6 @@ FLAG_OF: Dict[str, str] = {
     "max_new_tokens": "--max-new-tokens",
     "device": "--device",
     "TrainConfig.max_length": "--max-length",
-    "max_length": "--max-length",
 }
 _FLAG_RE = re.compile(
     r"(?<![\w.-])(" + "|".join(re.escape(k) for k in sorted(FLAG_OF, key=len, reverse=True)) + r")"
