@@ -204,6 +204,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
         KDConfig,
         OnPolicyTargets,
         TeacherLogits,
+        TeacherSamples,
         Targets,
         TrainConfig,
         distill,
