@@ -60,12 +60,14 @@ class Best:
 
 
 def save_state(folder: Path, step: int, model, optimizer, scheduler, iterator, history, config, kd,
-                scaler=None, best: Optional[Best] = None):
+                scaler=None, best: Optional[Best] = None, learned=None):
     if best is not None and best.state is not None and not best.written:
         write_checkpoint(folder / best.ref()["file"], {f"model.{k}": v for k, v in best.state.items()},
                          {"kind": "best_weights", "model_config": model_config(model), **best.ref()})
         best.written = True
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if learned is not None:  # the targets' learned parts (e.g. hidden-state projections)
+        tensors.update({f"targets.{k}": v for k, v in learned.state_dict().items()})
     opt = optimizer.state_dict()
     for pid, st in opt["state"].items():
         for key, val in st.items():
@@ -103,7 +105,7 @@ def save_state(folder: Path, step: int, model, optimizer, scheduler, iterator, h
                 path.unlink(missing_ok=True)
 
 
-def load_state(path: Path, model, optimizer, scheduler, iterator, scaler=None):
+def load_state(path: Path, model, optimizer, scheduler, iterator, scaler=None, learned=None):
     tensors, meta = read_checkpoint(path)
     if meta.get("kind") != "train_state":
         raise CheckpointError(f"{path} is not a training checkpoint")
@@ -114,6 +116,8 @@ def load_state(path: Path, model, optimizer, scheduler, iterator, scaler=None):
             f"  checkpoint: {meta.get('model_config')}\n  model:      {mine}"
         )
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if learned is not None:
+        learned.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("targets.")})
     state = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -131,10 +135,10 @@ def load_state(path: Path, model, optimizer, scheduler, iterator, scaler=None):
     return int(meta["step"]), History.from_dict(meta["history"]), meta
 
 
-def latest_loadable(folder: Path, model, optimizer, scheduler, iterator, scaler=None):
+def latest_loadable(folder: Path, model, optimizer, scheduler, iterator, scaler=None, learned=None):
     for _step, path in reversed(checkpoint_files(folder)):
         try:
-            return load_state(path, model, optimizer, scheduler, iterator, scaler)
+            return load_state(path, model, optimizer, scheduler, iterator, scaler, learned)
         except CheckpointError as exc:
             if "different model config" in str(exc):
                 raise
