@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
-from _common import RESULTS, check, summarise, write_results  # noqa: E402
+from _common import RESULTS, check, command, machine, summarise, update_results, write_results  # noqa: E402
 
 METHODS = ["hard labels", "teacher text (sequence-level)", "ULD", "align", "same-tokenizer KD"]
 PRIMARY = "bits_per_char"
@@ -131,7 +131,7 @@ def sample_scores(ctx, student, seed: int) -> dict:
             "samples": [p + " || " + c for p, c in pairs[:3]]}
 
 
-def run(ctx, method: str, seed: int, steps: int, lr: float) -> dict:
+def run(ctx, method: str, seed: int, steps: int, lr: float, evaluate: bool = True) -> dict:
     import torch
 
     dk, tok = ctx["dk"], ctx["char_tok"]
@@ -157,10 +157,32 @@ def run(ctx, method: str, seed: int, steps: int, lr: float) -> dict:
     else:
         dk.distill(student, ctx["char"], ids(ctx["train"]), kd=dk.KDConfig(alpha=0.5), config=cfg)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if not evaluate:
+        return {"train_seconds": seconds}
     return {"seed": seed, "method": method, "steps": steps, "train_seconds": round(seconds, 2),
             "train_cpu_seconds": round(cpu, 2), "seconds_per_step": round(seconds / steps, 4),
             PRIMARY: round(dk.bits_per_character(student, tok, ctx["held"]), 4),
             **sample_scores(ctx, student, seed), **extra}
+
+
+def step_cost(ctx, methods, reps: int = 3, short: int = 10, long: int = 40) -> dict:
+    """Seconds per training step of each method without its fixed costs (loading, tokenizing
+    the texts once): ``(time of `long` steps - time of `short` steps) / (long - short)``, the
+    methods interleaved, the median of ``reps`` repeats; and each relative to same-tokenizer KD."""
+    times = {m: [] for m in methods}
+    teacher_text(ctx)  # made once, before any timing
+    for _ in range(reps):
+        for m in methods:
+            t = {}
+            for n in (short, long):
+                t[n] = run(ctx, m, 0, n, 3e-3, evaluate=False)["train_seconds"]
+            times[m].append((t[long] - t[short]) / (long - short))
+    per_step = {m: round(statistics.median(v), 5) for m, v in times.items()}
+    ref = per_step["same-tokenizer KD"]
+    return {"seconds_per_step": per_step, "relative_to_same_tokenizer_kd": {m: round(v / ref, 3) for m, v in per_step.items()},
+            "all_seconds_per_step": {m: [round(x, 5) for x in v] for m, v in times.items()},
+            "how": f"(time of {long} steps - time of {short} steps) / {long - short}, methods interleaved, "
+                   f"median of {reps} repeats, one thread, live teachers"}
 
 
 def print_table(runs) -> None:
@@ -183,10 +205,21 @@ def main() -> None:
     ap.add_argument("--small-fraction", type=float, default=0.1)
     ap.add_argument("--methods", nargs="+", default=None, choices=METHODS)
     ap.add_argument("--out", type=Path, default=RESULTS / "cross_tokenizer.json")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="measure only the cost per step (step_cost) and store it, with this command, in --out's "
+                         "\"cost\"")
     a = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
+    if a.cost_only:
+        import json
+
+        cost = step_cost(load(a.small_fraction), METHODS)
+        cost.update(command=command(), machine=machine(1))
+        update_results(a.out, cost=cost)
+        print(json.dumps(cost, indent=1))
+        return
     steps = a.steps or (60 if a.quick else 300)
     seeds = [0] if a.quick else a.seeds
     methods = a.methods or (["hard labels", "ULD", "align", "same-tokenizer KD"] if a.quick else METHODS)

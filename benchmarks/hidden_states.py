@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
-from _common import RESULTS, check, summarise, write_results  # noqa: E402
+from _common import RESULTS, check, command, machine, summarise, update_results, write_results  # noqa: E402
 from cross_tokenizer import NEW, PROMPT, SAMPLES, WINDOW, paired  # noqa: E402
 
 PRIMARY = "bits_per_char"
@@ -55,7 +55,7 @@ def load(small_fraction: float):
             "held": windows(held_text)[:400], "prompts": prompts}
 
 
-def run(ctx, width_name: str, variant: str, seed: int, steps: int, lr: float) -> dict:
+def run(ctx, width_name: str, variant: str, seed: int, steps: int, lr: float, evaluate: bool = True) -> dict:
     import torch
 
     dk, tok, teacher = ctx["dk"], ctx["tok"], ctx["teacher"]
@@ -70,6 +70,8 @@ def run(ctx, width_name: str, variant: str, seed: int, steps: int, lr: float) ->
     t0 = time.perf_counter()
     dk.distill(student, teacher, ctx["train"], kd=kd, config=cfg)
     seconds = time.perf_counter() - t0
+    if not evaluate:
+        return {"train_seconds": seconds}
     g = torch.Generator().manual_seed(1000 + seed)
     conts = dk.sample(student, [tok.encode(p) for p in ctx["prompts"]], max_new_tokens=NEW, temperature=1.0,
                       generator=g)
@@ -82,6 +84,26 @@ def run(ctx, width_name: str, variant: str, seed: int, steps: int, lr: float) ->
             "samples": [p + " || " + c for p, c in pairs[:3]]}
 
 
+def step_cost(ctx, reps: int = 3, short: int = 10, long: int = 40) -> dict:
+    """Seconds per training step of each (width, variant) without fixed costs: ``(time of `long`
+    steps - time of `short` steps) / (long - short)``, interleaved, median of ``reps`` repeats;
+    and each relative to logits KD at the same width."""
+    import statistics
+
+    keys = [(w, v) for w in WIDTHS for v in VARIANTS if not (v == "+ hidden + init" and WIDTHS[w] != 128)]
+    times = {k: [] for k in keys}
+    for _ in range(reps):
+        for w, v in keys:
+            t = {n: run(ctx, w, v, 0, n, 3e-3, evaluate=False)["train_seconds"] for n in (short, long)}
+            times[w, v].append((t[long] - t[short]) / (long - short))
+    per_step = {f"{w}: {v}": round(statistics.median(x), 5) for (w, v), x in times.items()}
+    rel = {f"{w}: {v}": round(per_step[f"{w}: {v}"] / per_step[f"{w}: logits KD"], 3) for w, v in keys}
+    return {"seconds_per_step": per_step, "relative_to_logits_kd": rel,
+            "all_seconds_per_step": {f"{w}: {v}": [round(y, 5) for y in x] for (w, v), x in times.items()},
+            "how": f"(time of {long} steps - time of {short} steps) / {long - short}, interleaved, median of "
+                   f"{reps} repeats, one thread, live teacher"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one seed, short runs, direction checks; writes nothing")
@@ -90,10 +112,21 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--small-fraction", type=float, default=0.1)
     ap.add_argument("--out", type=Path, default=RESULTS / "hidden_states.json")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="measure only the cost per step (step_cost) and store it, with this command, in --out's "
+                         "\"cost\"")
     a = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
+    if a.cost_only:
+        import json
+
+        cost = step_cost(load(a.small_fraction))
+        cost.update(command=command(), machine=machine(1))
+        update_results(a.out, cost=cost)
+        print(json.dumps(cost, indent=1))
+        return
     steps = a.steps or (30 if a.quick else 300)
     seeds = [0] if a.quick else a.seeds
     ctx = load(a.small_fraction)
