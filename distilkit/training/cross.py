@@ -90,6 +90,11 @@ class CrossBatch:
     kinds: torch.Tensor  # (batch, student_seq) long
     teacher_pos: torch.Tensor  # (batch, student_seq) long, 0 where kinds == NONE
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """The student's labels (what the loop counts; an empty rank slice fills them)."""
+        return self.student.labels
+
     def to(self, device, non_blocking: bool = False):
         return CrossBatch(self.student.to(device), self.teacher.to(device),
                           self.kinds.to(device, non_blocking=non_blocking),
