@@ -14,6 +14,8 @@ checks that there are no import cycles, lazy imports included):
 * cache       -- the top-k teacher cache on disk: ``cache_teacher_logits``, ``load_teacher_cache``
 * decoding    -- greedy, beam search, sampling
 * vocab       -- ``check_vocab``: one tokenizer and output width for teacher and student
+* layerinit   -- ``init_from_teacher``: a student's layers copied from a teacher's
+* tokenalign  -- two tokenizers, one text: character spans, position alignment, vocabulary map
 * adapters, protocol, hf -- the one seam for model kinds: ``adapt`` (distilkit and Hugging Face
   models), ``save_pretrained``
 * checkpoint  -- safetensors checkpoints, atomic writes
@@ -55,6 +57,8 @@ _EXPORTS = {
     "CacheMismatchError": "cache",
     "cache_teacher_logits": "cache",
     "load_teacher_cache": "cache",
+    # layerinit
+    "init_from_teacher": "layerinit",
 
     # checkpoint
     "CheckpointError": "checkpoint",
@@ -94,8 +98,11 @@ _EXPORTS = {
     "temperature_log_softmax": "losses",
     "temperature_softmax": "losses",
     "topk_distillation_loss": "losses",
+    "hidden_state_loss": "losses",
+    "uld_distance": "losses",
     # metrics
     "agreement": "metrics",
+    "bits_per_character": "metrics",
     "bleu_and_ser": "metrics",
     "corpus_bleu": "metrics",
     "decoding_speed": "metrics",
@@ -121,6 +128,8 @@ _EXPORTS = {
     "Targets": "training",
     "TrainConfig": "training",
     "CacheTargets": "training",
+    "CrossTokenizerTargets": "training",
+    "HiddenStateTargets": "training",
     "distill": "training",
     "evaluate_loss": "training",
     "precompute_teacher_logits": "training",
@@ -136,8 +145,8 @@ _EXPORTS = {
 }
 
 # sub-modules used as ``dk.experiments``, ``dk.notebook``, ...
-_SUBMODULES = ("adapters", "cache", "checkpoint", "cli", "data", "decoding", "experiments", "hf", "losses",
-               "metrics", "models", "notebook", "protocol", "training", "userdata", "vocab")
+_SUBMODULES = ("adapters", "cache", "checkpoint", "cli", "data", "decoding", "experiments", "hf", "layerinit",
+               "losses", "metrics", "models", "notebook", "protocol", "tokenalign", "training", "userdata", "vocab")
 
 __all__ = [*_EXPORTS, "experiments", "notebook"]
 
@@ -165,6 +174,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
         make_data_to_text,
     )
     from .experiments import load_teacher
+    from .layerinit import init_from_teacher
     from .decoding import beam_search, generate, greedy, sample
     from .losses import (
         DIVERGENCES,
@@ -172,14 +182,17 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
         distillation_loss,
         distillation_loss_terms,
         divergence_from_log_probs,
+        hidden_state_loss,
         linear_distillation_loss,
         per_token_divergence,
         temperature_log_softmax,
         temperature_softmax,
         topk_distillation_loss,
+        uld_distance,
     )
     from .metrics import (
         agreement,
+        bits_per_character,
         bleu_and_ser,
         corpus_bleu,
         decoding_speed,
@@ -199,7 +212,9 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
     from .training import (
         CachedTeacherLogits,
         CacheTargets,
+        CrossTokenizerTargets,
         HardLabels,
+        HiddenStateTargets,
         History,
         KDConfig,
         OnPolicyTargets,

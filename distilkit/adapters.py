@@ -62,6 +62,8 @@ class _DistilkitAdapter(ModelAdapter):
         self.bos_id = getattr(c, "bos_id", 1 if self.kind == "seq2seq" else None)
         self.eos_id = getattr(c, "eos_id", None)
         self.max_len = getattr(c, "max_len", None)
+        self.num_layers = getattr(c, "n_layers", None)
+        self.hidden_size = getattr(c, "d_model", None)
 
     def collate(self, examples):
         raise TypeError(f"{type(self.model).__name__} has no kind ('lm' or 'seq2seq'): pass collate=")
@@ -88,6 +90,17 @@ class _DistilkitAdapter(ModelAdapter):
         if fn is None:
             return super().hidden_and_head(batch)
         return fn(batch)
+
+    def logits_and_hidden_states(self, batch):
+        if not hasattr(self.model, "blocks"):
+            return super().logits_and_hidden_states(batch)
+        return self.forward_module(batch, output_hidden_states=True)
+
+    def layers(self):
+        blocks = getattr(self.model, "blocks", None)
+        if not isinstance(blocks, nn.ModuleList):
+            return super().layers()
+        return blocks
 
     def config_dict(self) -> Optional[dict]:
         return config_to_dict(self.model.config) if hasattr(self.model, "config") else None
@@ -123,7 +136,7 @@ class CollateAdapter(ModelAdapter):
         if not callable(collate):
             raise TypeError(f"collate must be callable, got {type(collate).__name__}")
         self._collate, self._base = collate, base
-        for name in ("kind", "vocab_size", "pad_id", "bos_id", "eos_id", "max_len"):
+        for name in ("kind", "vocab_size", "pad_id", "bos_id", "eos_id", "max_len", "num_layers", "hidden_size"):
             setattr(self, name, getattr(base, name, None) if base is not None else
                     getattr(getattr(model, "config", None), name, getattr(type(self), name, None)))
         self.kind = self.kind or getattr(model, "kind", "")
@@ -153,6 +166,12 @@ class CollateAdapter(ModelAdapter):
 
     def hidden_and_head(self, batch):
         return self._need_base("hidden_and_head").hidden_and_head(batch)
+
+    def logits_and_hidden_states(self, batch):
+        return self._need_base("hidden-state KD").logits_and_hidden_states(batch)
+
+    def layers(self):
+        return self._need_base("layers").layers()
 
     def config_dict(self):
         if self._base is not None:

@@ -86,6 +86,8 @@ class _HFAdapter(ModelAdapter):
         self.vocab_size = int(head.weight.shape[0]) if head is not None else int(cfg.vocab_size)
         self.eos_id = _first_id(getattr(cfg, "eos_token_id", None))
         self.max_len = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self.num_layers = getattr(cfg, "num_hidden_layers", None)
+        self.hidden_size = getattr(cfg, "hidden_size", None)
         self._head_checked = False
         params = inspect.signature(core.forward).parameters
         self._takes_positions = "position_ids" in params
@@ -121,6 +123,16 @@ class _HFAdapter(ModelAdapter):
                 "(e.g. logit scaling or soft-capping), so logits cannot be recomputed from "
                 "hidden @ weight.T; use the plain loss (no memory-bounded loss) for this model")
         self._head_checked = True
+
+    def layers(self) -> nn.ModuleList:
+        """The decoder's stack of layers: the ``nn.ModuleList`` of ``num_layers`` modules in the
+        base model (``transformer.h`` for GPT-2, ``model.layers`` for Llama-style models)."""
+        found = [m for m in self.model.base_model.modules()
+                 if isinstance(m, nn.ModuleList) and len(m) == self.num_layers]
+        if len(found) != 1:
+            raise NotImplementedError(f"cannot tell which module list of {type(self.model).__name__} holds its "
+                                      f"{self.num_layers} layers ({len(found)} candidates)")
+        return found[0]
 
     def config_dict(self) -> dict:
         return hf_config_dict(self.model)
@@ -194,6 +206,13 @@ class HFCausalAdapter(_HFAdapter):
         out = self.forward_module(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                   use_cache=False)
         return out.logits
+
+    def logits_and_hidden_states(self, batch):
+        """The logits and every layer's output (``output_hidden_states``, without the embeddings
+        at index 0; the last one is what the model reports, e.g. after GPT-2's final layer norm)."""
+        out = self.forward_module(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  use_cache=False, output_hidden_states=True)
+        return out.logits, list(out.hidden_states[1:])
 
     def hidden_and_head(self, batch):
         out = self.core.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,

@@ -19,6 +19,7 @@ from .training import evaluate_loss
 
 __all__ = [
     "perplexity",
+    "bits_per_character",
     "corpus_bleu",
     "slot_errors",
     "slot_error_rate",
@@ -162,3 +163,53 @@ def bleu_and_ser(model: nn.Module, data, split: str = "test", max_new_tokens: in
         ids = generate(model, inputs[i : i + batch_size], method=method, max_new_tokens=max_new_tokens, **kwargs)
         outs.extend(data.tokenizer.decode(x) for x in ids)
     return {"bleu": corpus_bleu(outs, refs), "slot_error_rate": slot_error_rate(mrs, outs), "outputs": outs}
+
+
+@torch.no_grad()
+def bits_per_character(model: nn.Module, tokenizer, texts: Sequence, batch_size: int = 64) -> float:
+    """Total negative log-likelihood of the texts in bits, divided by the number of characters
+    it covers -- comparable between models with different tokenizers (a model that cuts the
+    text into fewer, longer tokens pays more bits per token, over fewer tokens).
+
+    ``texts``: strings, or ``(prompt, continuation)`` pairs of which only the continuation is
+    scored. A decoder-only model predicts every token but the first from the ones before it; a
+    text's scored characters run from the first scored token's first character to the last
+    token's last (for a pair: the tokens that start at or after the prompt's end).
+    """
+    from .tokenalign import encode_with_spans
+    from .training.cross import text_of
+
+    adapter = adapt(model)
+    was = adapter.model.training
+    adapter.model.eval()
+    bits, chars = 0.0, 0
+    try:
+        for i in range(0, len(texts), batch_size):
+            rows, counted = [], []
+            for k, ex in enumerate(texts[i: i + batch_size]):
+                text, prompt = text_of(ex, i + k)
+                ids, spans = encode_with_spans(tokenizer, text)
+                keep = [spans[t][0] >= prompt for t in range(1, len(ids))]
+                if len(ids) < 2 or not any(keep):
+                    continue
+                if adapter.max_len is not None and len(ids) - 1 > adapter.max_len:
+                    raise ValueError(f"texts[{i + k}] is {len(ids)} tokens; the model reads at most "
+                                     f"{adapter.max_len} (+1 predicted): use shorter texts")
+                first = next(t for t in range(1, len(ids)) if keep[t - 1])
+                chars += spans[-1][1] - spans[first][0]
+                rows.append(ids)
+                counted.append(keep)
+            if not rows:
+                continue
+            batch = adapter.collate(rows).to(adapter.device)
+            for r, keep in enumerate(counted):
+                batch.labels[r, : len(keep)][~torch.tensor(keep, device=batch.labels.device)] = IGNORE_INDEX
+            logits = adapter.logits(batch).float()
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1),
+                                                    ignore_index=IGNORE_INDEX, reduction="sum")
+            bits += float(nll) / math.log(2)
+    finally:
+        adapter.model.train(was)
+    if chars == 0:
+        raise ValueError("no characters to score: every text is shorter than two tokens (or all prompt)")
+    return bits / chars

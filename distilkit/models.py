@@ -268,7 +268,8 @@ class TransformerLM(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def _run(self, ids: torch.Tensor, caches=None, offset: int = 0, head: bool = True):
+    def _run(self, ids: torch.Tensor, caches=None, offset: int = 0, head: bool = True,
+             layers: Optional[list] = None):
         c = self.config
         if ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"token ids must be an integer (torch.long) tensor, got dtype {ids.dtype}")
@@ -286,6 +287,8 @@ class TransformerLM(nn.Module):
         for i, block in enumerate(self.blocks):
             x, kv = block(x, None if caches is None else caches[i])
             new.append(kv)
+            if layers is not None:  # every block's output (the residual stream), for hidden-state KD
+                layers.append(x)
         x = self.ln(x)
         return (x @ self.tok.weight.T if head else x), new
 
@@ -296,9 +299,15 @@ class TransformerLM(nn.Module):
             raise TypeError("TransformerLM expects an LMBatch or a (batch, seq) LongTensor of ids")
         return ids
 
-    def forward(self, batch) -> torch.Tensor:
-        """batch: :class:`LMBatch` or (batch, seq) ids -> logits (batch, seq, vocab)."""
-        return self._run(self._ids(batch))[0]
+    def forward(self, batch, output_hidden_states: bool = False):
+        """batch: :class:`LMBatch` or (batch, seq) ids -> logits (batch, seq, vocab); with
+        ``output_hidden_states=True``, ``(logits, hidden)`` where ``hidden[i]`` is the output of
+        block ``i`` (batch, seq, d_model), before the final layer norm."""
+        if not output_hidden_states:
+            return self._run(self._ids(batch))[0]
+        layers: list = []
+        logits = self._run(self._ids(batch), layers=layers)[0]
+        return logits, layers
 
     def hidden_and_head(self, batch):
         """``(hidden, weight, None)``: the final (normalised) hidden states (batch, seq, d_model)

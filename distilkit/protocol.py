@@ -215,6 +215,8 @@ class ModelAdapter:
         pad_id, bos_id, eos_id: padding id; first decoder input (``None`` for "lm"); end id.
         max_len: the longest sequence the model can see, or ``None`` for no limit.
         tokenizer: a tokenizer the model carries (``model.tokenizer``), else ``None``.
+        num_layers, hidden_size: the number of layers whose outputs :meth:`hidden_states` returns
+            and their width (``None`` where the family does not say); for hidden-state KD.
     """
 
     kind: str = ""
@@ -226,6 +228,8 @@ class ModelAdapter:
     eos_id: Optional[int] = None
     max_len: Optional[int] = None
     tokenizer: Optional[Any] = None
+    num_layers: Optional[int] = None
+    hidden_size: Optional[int] = None
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):
@@ -258,6 +262,24 @@ class ModelAdapter:
         None, such that ``logits(batch) == hidden @ weight.T + bias``: the input of a loss that
         never holds the (tokens x vocab) logits."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its final hidden states")
+
+    def logits_and_hidden_states(self, batch: Batch) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """``(logits, hidden)`` from one forward pass: the logits of :meth:`logits` and the output
+        of every layer, ``hidden[i]`` of shape (batch, seq, hidden_size) for layer ``i`` (0-based,
+        ``num_layers`` of them; the embeddings are not included), position t aligned with
+        ``batch.labels[:, t]``. Called through ``forward_module``, so it trains under DDP."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its intermediate hidden states "
+                                  "(hidden-state KD needs a distilkit TransformerLM or a Hugging Face "
+                                  "decoder-only model)")
+
+    def hidden_states(self, batch: Batch) -> List[torch.Tensor]:
+        """The output of every layer (see :meth:`logits_and_hidden_states`)."""
+        return self.logits_and_hidden_states(batch)[1]
+
+    def layers(self) -> nn.ModuleList:
+        """The model's stack of ``num_layers`` layers, in order (what
+        :func:`distilkit.layerinit.init_from_teacher` copies between models)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its stack of layers")
 
     # -- decoding
     def start(self, inputs: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, Any]:

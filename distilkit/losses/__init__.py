@@ -31,7 +31,9 @@ from .divergences import (
     temperature_log_softmax,
     temperature_softmax,
 )
+from .hidden import HIDDEN_LOSSES, hidden_state_loss
 from .topk import TopKTeacher, topk_distillation_loss, topk_divergence
+from .uld import aligned_divergence, uld_distance
 
 __all__ = [
     "DIVERGENCES",
@@ -47,4 +49,8 @@ __all__ = [
     "TopKTeacher",
     "topk_divergence",
     "topk_distillation_loss",
+    "HIDDEN_LOSSES",
+    "hidden_state_loss",
+    "uld_distance",
+    "aligned_divergence",
 ]

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..losses import DIVERGENCES
+from ..losses import DIVERGENCES, HIDDEN_LOSSES
 from ..losses.checks import check_temperature, check_unit
 from ..vocab import VOCAB_ALIGNMENTS
 
-__all__ = ["AMP_DTYPES", "TrainConfig", "KDConfig", "History", "resolve_device"]
+__all__ = ["AMP_DTYPES", "CROSS_TOKENIZER", "TrainConfig", "KDConfig", "History", "resolve_device"]
+
+#: Accepted ``KDConfig.cross_tokenizer`` values (besides ``None``: one tokenizer).
+CROSS_TOKENIZER = ("uld", "align")
 
 
 #: Accepted ``TrainConfig.amp_dtype`` values (autocast precision on CUDA).
@@ -108,6 +111,18 @@ class KDConfig:
     layer (:meth:`ModelAdapter.hidden_and_head`, an HF ``lm_head`` included), ``chunk_size``
     positions at a time (``None``: the loss's default), never holding the student's
     (tokens x vocab) logits; same value and gradients as the plain path.
+
+    Hidden-state KD (:class:`~distilkit.training.HiddenStateTargets`): ``hidden_weight`` > 0 adds
+    ``hidden_weight * hidden_loss(proj(student layer s), teacher layer m)`` for every pair
+    ``(s, m)`` of ``layer_map`` (0-based layer indices; ``None``: student layer ``i`` of ``S``
+    takes teacher layer ``round((i + 1) * T / S) - 1`` of ``T``, evenly spaced and ending with the
+    last), averaged over the pairs, per counted position. ``hidden_loss``: ``"mse"`` or
+    ``"cosine"`` (:func:`distilkit.losses.hidden_state_loss`). ``proj`` is a learned linear map
+    where the widths differ, trained with the student and not part of it.
+
+    ``cross_tokenizer``: ``None`` (one tokenizer), ``"uld"`` or ``"align"`` -- distil from a
+    teacher with another tokenizer; the examples are then texts
+    (:class:`~distilkit.training.CrossTokenizerTargets` says what each compares).
     """
 
     temperature: float = 1.0
@@ -118,6 +133,10 @@ class KDConfig:
     vocab_alignment: Optional[str] = None
     memory_bounded: bool = False
     chunk_size: Optional[int] = None
+    hidden_weight: float = 0.0
+    layer_map: Optional[Sequence[Tuple[int, int]]] = None
+    hidden_loss: str = "mse"
+    cross_tokenizer: Optional[str] = None
 
     def __post_init__(self):
         self.temperature = check_temperature(self.temperature)
@@ -137,6 +156,35 @@ class KDConfig:
         if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or isinstance(
                 self.chunk_size, bool) or self.chunk_size < 1):
             raise ValueError(f"KDConfig.chunk_size must be a positive int or None, got {self.chunk_size!r}")
+        w = self.hidden_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"KDConfig.hidden_weight must be a finite number >= 0, got {w!r}")
+        self.hidden_weight = float(w)
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise ValueError(f"KDConfig.hidden_loss must be one of {', '.join(HIDDEN_LOSSES)}; "
+                             f"got {self.hidden_loss!r}")
+        if self.layer_map is not None:
+            pairs = []
+            for pair in self.layer_map:
+                if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
+                        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in pair)):
+                    raise ValueError(f"KDConfig.layer_map must be a list of (student_layer, teacher_layer) "
+                                     f"pairs of ints >= 0, found {pair!r}")
+                pairs.append((int(pair[0]), int(pair[1])))
+            if not pairs:
+                raise ValueError("KDConfig.layer_map must hold at least one (student_layer, teacher_layer) "
+                                 "pair, or be None")
+            self.layer_map = pairs
+        if self.cross_tokenizer is not None and self.cross_tokenizer not in CROSS_TOKENIZER:
+            raise ValueError(f"KDConfig.cross_tokenizer must be None, 'uld' or 'align'; "
+                             f"got {self.cross_tokenizer!r}")
+        if self.cross_tokenizer is not None and (self.hidden_weight > 0 or self.memory_bounded
+                                                 or self.vocab_alignment is not None):
+            raise ValueError("KDConfig.cross_tokenizer cannot be combined with hidden_weight, "
+                             "memory_bounded or vocab_alignment")
+        if self.hidden_weight > 0 and self.memory_bounded:
+            raise ValueError("KDConfig.hidden_weight > 0 cannot be combined with memory_bounded "
+                             "(hidden-state KD needs the student's logits and layers from one pass)")
 
 
 @dataclass

@@ -155,6 +155,17 @@ def all_reduce_sum(value: torch.Tensor, state: DistState) -> torch.Tensor:
     return out
 
 
+def average_gradients(params, state: DistState) -> None:
+    """Average the gradients of parameters that live outside the DDP wrapper (the targets' own
+    projections) over ranks, as DDP does for the model's."""
+    if not state.enabled:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(state.world_size)
+
+
 def barrier(state: DistState) -> None:
     if state.enabled:
         dist.barrier()

@@ -32,9 +32,12 @@ from ..cache import TeacherCache
 from ..data import IGNORE_INDEX, BatchIterator
 from ..models import check_token_ids
 from ..protocol import fit_to_context
+from ..tokenalign import encode_with_spans
 from .config import History, KDConfig, TrainConfig, resolve_device
+from .cross import CrossTokenizerTargets, text_of
 from .distributed import (
     all_reduce_sum,
+    average_gradients,
     barrier,
     maybe_no_sync,
     process_device,
@@ -44,8 +47,9 @@ from .distributed import (
     wrap_model,
 )
 from .fsdp import local, local_norm
+from .hidden import HiddenStateTargets
 from .resume import Best, latest_loadable, load_model_state, model_state, resumed_best, save_state
-from .targets import CacheTargets, HardLabels, OnPolicyTargets, Targets, TeacherLogits, student_output
+from .targets import CacheTargets, HardLabels, OnPolicyTargets, Targets, TeacherLogits
 
 __all__ = ["train", "distill", "evaluate_loss", "default_collate"]
 
@@ -195,6 +199,7 @@ def train(
     if not isinstance(targets, Targets):
         raise TypeError(f"targets must be a distilkit Targets object, got {type(targets).__name__}")
     adapter = adapt(model, collate=collate)
+    torch.manual_seed(config.seed)  # before check: targets may make learned parts (projections) there
     alignment = targets.check(adapter)
     if train_examples is None or len(train_examples) == 0:
         raise ValueError("train_examples must not be empty")
@@ -205,7 +210,6 @@ def train(
     device = resolve_device(config.device)
     dist_state = setup_distributed(device)  # torchrun: WORLD_SIZE > 1
     device = process_device(device, dist_state)
-    torch.manual_seed(config.seed)
     model.to(device)
     if targets.teacher is not None:
         targets.teacher.to(device).eval()
@@ -218,7 +222,13 @@ def train(
     adapter.forward_module = wrap_model(model, dist_state, device, config.parallel)
     if sharded and config.shard_teacher and targets.teacher is not None:
         wrap_model(targets.teacher, dist_state, device, "fsdp")
+    if targets.learned is not None:
+        targets.learned.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
+    mine = {id(p) for p in params}
+    # the targets' own trained parts (projections): not inside DDP, their gradients are averaged below
+    extra = [p for p in targets.parameters() if id(p) not in mine]
+    params += extra
     vocab = adapter.vocab_size
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
@@ -230,7 +240,7 @@ def train(
     history, start, best = History(), 0, Best()
     folder = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     if folder is not None and config.resume:
-        loaded = latest_loadable(folder, model, optimizer, scheduler, iterator, scaler)
+        loaded = latest_loadable(folder, model, optimizer, scheduler, iterator, scaler, targets.learned)
         if loaded is not None:
             start, history, meta = loaded
             if config.restore_best:
@@ -253,12 +263,13 @@ def train(
                 with maybe_no_sync(adapter.forward_module, last=micro == config.grad_accum - 1):
                     with _autocast(device, config):
                         batch, teacher_logits = targets(batch, model)
-                        logits = student_output(adapter, batch, teacher_logits, kd)
+                        logits = targets.student_output(adapter, batch, teacher_logits)
                     loss_sum = targets.loss_sum(logits, teacher_logits, batch.labels, False, alignment)
                     (scaler.scale(loss_sum) if scaler is not None else loss_sum).backward()
                 loss_total += loss_sum.detach().float()
                 n_tokens += (batch.labels != IGNORE_INDEX).sum()
                 del batch, teacher_logits, logits, loss_sum
+            average_gradients(extra, dist_state)
             if dist_state.enabled:  # loss and token count of the whole step, over all ranks
                 loss_total, n_tokens = all_reduce_sum(torch.stack([loss_total, n_tokens.float()]), dist_state)
             if scaler is not None:
@@ -320,7 +331,8 @@ def train(
                 # gather the full state)
                 if dist_state.is_main or sharded:
                     save_state(folder, done, model, optimizer, scheduler, iterator, history, config, kd,
-                               scaler, best if config.restore_best else None, write=dist_state.is_main)
+                               scaler, best if config.restore_best else None, write=dist_state.is_main,
+                               learned=targets.learned)
                 barrier(dist_state)
     finally:
         bar.close()
@@ -340,6 +352,9 @@ def _check_fsdp(model: nn.Module, targets: Targets, config: TrainConfig) -> None
             f"hidden_and_head() method (distilkit's models); {type(model).__name__}'s hidden states are "
             "computed by its adapter outside the sharded forward, where its parameters are still "
             "sharded. Use memory_bounded=False, or parallel='ddp' with one process")
+    if targets.learned is not None:
+        raise ValueError(f"{type(targets).__name__} trains its own projections, which "
+                         "TrainConfig(parallel='fsdp') does not shard or checkpoint; use parallel='ddp'")
     if getattr(targets, "teacher", None) is not None and isinstance(targets, OnPolicyTargets):
         raise ValueError("OnPolicyTargets with TrainConfig(parallel='fsdp') is not supported: sampling "
                          "from the student calls it outside its forward; use parallel='ddp'")
@@ -353,7 +368,7 @@ def _raise_for_loss(step, value, host_batches, adapter, targets, kd, device, con
             batch = _to_device(host, device, adapter.vocab_size)
             with _autocast(device, config):
                 batch, teacher_logits = targets(batch, adapter.model)
-                logits = adapter.logits(batch)
+                logits = targets.student_output(adapter, batch, teacher_logits)
             targets.loss_sum(logits, teacher_logits, batch.labels, True, alignment)  # may raise ValueError
     raise FloatingPointError(f"loss became {value} at step {step}; lower TrainConfig.lr or check the data")
 
@@ -383,11 +398,32 @@ def distill(
     ``teacher`` may instead be a :class:`~distilkit.cache.TeacherCache`
     (:func:`~distilkit.cache.cache_teacher_logits` / :func:`~distilkit.cache.load_teacher_cache`)
     built for exactly these ``train_examples``: the student then learns from the cached top-k
-    log-probabilities with no teacher in memory; ``kd.temperature`` defaults to the cache's."""
+    log-probabilities with no teacher in memory; ``kd.temperature`` defaults to the cache's.
+
+    ``kd.hidden_weight > 0`` adds hidden-state KD (:class:`~distilkit.training.HiddenStateTargets`).
+    ``kd.cross_tokenizer`` (``"uld"`` or ``"align"``) distils from a decoder-only teacher with
+    another tokenizer (:class:`~distilkit.training.CrossTokenizerTargets`): ``train_examples``
+    (and ``valid_examples``) are then texts -- strings or ``(prompt, completion)`` pairs -- that
+    each model tokenizes with its own tokenizer (``student_tokenizer`` / ``teacher_tokenizer``,
+    or ``model.tokenizer``)."""
     if isinstance(teacher, TeacherCache):
+        if kd is not None and (kd.hidden_weight > 0 or kd.cross_tokenizer):
+            raise ValueError("a teacher cache holds top-k logits only: hidden-state and cross-tokenizer KD "
+                             "need the live teacher")
         return train(student, train_examples, config=config, targets=CacheTargets(teacher, kd),
                      valid_examples=valid_examples, collate=collate)
-    targets = TeacherLogits(teacher, kd, student_tokenizer=student_tokenizer,
-                            teacher_tokenizer=teacher_tokenizer)
+    if kd is not None and kd.cross_tokenizer:
+        targets: Targets = CrossTokenizerTargets(teacher, kd, student_tokenizer=student_tokenizer,
+                                                 teacher_tokenizer=teacher_tokenizer)
+        if valid_examples is not None:  # texts -> the student's token ids
+            tok = student_tokenizer if student_tokenizer is not None else getattr(student, "tokenizer", None)
+            valid_examples = [encode_with_spans(tok, text_of(ex, i)[0])[0] if not isinstance(ex, list) else ex
+                              for i, ex in enumerate(valid_examples)]
+    elif kd is not None and kd.hidden_weight > 0:
+        targets = HiddenStateTargets(teacher, kd, student_tokenizer=student_tokenizer,
+                                     teacher_tokenizer=teacher_tokenizer)
+    else:
+        targets = TeacherLogits(teacher, kd, student_tokenizer=student_tokenizer,
+                                teacher_tokenizer=teacher_tokenizer)
     return train(student, train_examples, config=config, targets=targets,
                  valid_examples=valid_examples, collate=collate)

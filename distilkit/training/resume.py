@@ -77,9 +77,10 @@ def load_model_state(model: nn.Module, state: dict) -> None:
 
 
 def save_state(folder: Path, step: int, model, optimizer, scheduler, iterator, history, config, kd,
-                scaler=None, best: Optional[Best] = None, write: bool = True):
+                scaler=None, best: Optional[Best] = None, write: bool = True, learned=None):
     """Write the training state. A sharded model is gathered first: then every rank calls
-    this, and only the one with ``write`` writes."""
+    this, and only the one with ``write`` writes. ``learned``: the targets' own trained
+    module (e.g. hidden-state projections), saved under ``targets.``."""
     if is_sharded(model):
         state, opt = full_model_state(model), full_optimizer_state(model, optimizer)
     else:
@@ -91,6 +92,8 @@ def save_state(folder: Path, step: int, model, optimizer, scheduler, iterator, h
                          {"kind": "best_weights", "model_config": model_config(model), **best.ref()})
         best.written = True
     tensors = {f"model.{k}": v for k, v in state.items()}
+    if learned is not None:  # the targets' learned parts (e.g. hidden-state projections)
+        tensors.update({f"targets.{k}": v for k, v in learned.state_dict().items()})
     for pid, st in opt["state"].items():
         for key, val in st.items():
             t = val if isinstance(val, torch.Tensor) else torch.tensor(val)
@@ -127,7 +130,7 @@ def save_state(folder: Path, step: int, model, optimizer, scheduler, iterator, h
                 path.unlink(missing_ok=True)
 
 
-def load_state(path: Path, model, optimizer, scheduler, iterator, scaler=None):
+def load_state(path: Path, model, optimizer, scheduler, iterator, scaler=None, learned=None):
     tensors, meta = read_checkpoint(path)
     if meta.get("kind") != "train_state":
         raise CheckpointError(f"{path} is not a training checkpoint")
@@ -138,6 +141,8 @@ def load_state(path: Path, model, optimizer, scheduler, iterator, scaler=None):
             f"  checkpoint: {meta.get('model_config')}\n  model:      {mine}"
         )
     weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    if learned is not None:
+        learned.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("targets.")})
     state = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -159,10 +164,10 @@ def load_state(path: Path, model, optimizer, scheduler, iterator, scaler=None):
     return int(meta["step"]), History.from_dict(meta["history"]), meta
 
 
-def latest_loadable(folder: Path, model, optimizer, scheduler, iterator, scaler=None):
+def latest_loadable(folder: Path, model, optimizer, scheduler, iterator, scaler=None, learned=None):
     for _step, path in reversed(checkpoint_files(folder)):
         try:
-            return load_state(path, model, optimizer, scheduler, iterator, scaler)
+            return load_state(path, model, optimizer, scheduler, iterator, scaler, learned)
         except CheckpointError as exc:
             if "different model config" in str(exc):
                 raise

@@ -11,6 +11,8 @@ The training loop (:mod:`distilkit.training.loop`) knows nothing of teachers: it
 :class:`CacheTargets`      word-level KD from a top-k teacher cache on disk
 :class:`OnPolicyTargets`   on-policy KD: the student's own samples, scored by the teacher
 :class:`TeacherSamples`    sequence-level KD on the fly: the teacher's samples, at every step
+``HiddenStateTargets``     word-level KD plus intermediate layers (:mod:`.hidden`)
+``CrossTokenizerTargets``  a teacher with another tokenizer, from texts (:mod:`.cross`)
 ========================== ===============================================================
 
 Sequence-level KD changes the data instead (:func:`sequence_level_data`: the teacher's own
@@ -126,11 +128,16 @@ class Targets:
     2. :meth:`prepare` (examples, collate, vocab size) -> (examples, collate) -- once;
     3. ``targets(batch, student)`` -> ``(batch, teacher_out)`` -- every micro-batch, on the device,
        under autocast; may replace the batch (on-policy samples);
-    4. :meth:`loss_sum` (student output, teacher_out, labels, ...) -> the summed loss.
+    4. :meth:`student_output` (student adapter, batch, teacher_out) -> what the student produced
+       (its logits by default);
+    5. :meth:`loss_sum` (student output, teacher_out, labels, ...) -> the summed loss.
 
     Attributes the loop reads: ``teacher`` (a module or ``None``; moved to the device and kept in
-    eval mode) and ``kd`` (a :class:`KDConfig` or ``None``; ``kd.memory_bounded`` makes the loop
-    hand :meth:`loss_sum` the student's hidden states and output layer instead of its logits).
+    eval mode), ``kd`` (a :class:`KDConfig` or ``None``; ``kd.memory_bounded`` makes the loop
+    hand :meth:`loss_sum` the student's hidden states and output layer instead of its logits) and
+    ``learned`` (a module or ``None``: parts of the loss trained with the student, such as the
+    projection of hidden-state KD; the loop moves it to the device, adds :meth:`parameters` to
+    the optimizer and saves it in training checkpoints; it is never exported with the student).
     Subclasses implement ``__call__``; the other methods have working defaults.
     """
 
@@ -140,6 +147,7 @@ class Targets:
     teacher_adapter: Optional[ModelAdapter] = None
     student_tokenizer = None
     teacher_tokenizer = None
+    learned: Optional[nn.Module] = None
 
     def __call__(self, batch, student: nn.Module):  # pragma: no cover - interface
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(batch, student)")
@@ -163,6 +171,15 @@ class Targets:
         and its vocabulary size; returns the ``(examples, collate)`` to train on. A teacher
         cache checks itself against them here and indexes the examples to find its rows."""
         return examples, collate
+
+    def parameters(self) -> List[nn.Parameter]:
+        """The trainable parameters of ``learned`` (none by default), optimised with the student's."""
+        return [p for p in self.learned.parameters() if p.requires_grad] if self.learned is not None else []
+
+    def student_output(self, student: ModelAdapter, batch, teacher_out):
+        """What the loss needs from the student (:func:`student_output`: its logits, or its final
+        hidden states and output layer for ``kd.memory_bounded``)."""
+        return student_output(student, batch, teacher_out, self.kd)
 
     def loss_sum(self, student_out, teacher_out, labels: torch.Tensor, check_values: bool = False,
                  alignment: Optional[VocabAlignment] = None) -> torch.Tensor:
@@ -200,6 +217,11 @@ class TeacherLogits(Targets):
         self.teacher = self.adapter.model
         self.kd = _kd_or_default(kd)
         self.student_tokenizer, self.teacher_tokenizer = student_tokenizer, teacher_tokenizer
+        if type(self) is TeacherLogits and (self.kd.hidden_weight > 0 or self.kd.cross_tokenizer):
+            what = "hidden_weight > 0" if self.kd.hidden_weight > 0 else "cross_tokenizer"
+            other = "HiddenStateTargets" if self.kd.hidden_weight > 0 else "CrossTokenizerTargets"
+            raise ValueError(f"KDConfig.{what} needs {other} (dk.distill picks it); TeacherLogits compares "
+                             "logits only")
 
     @torch.no_grad()
     def __call__(self, batch, student):
