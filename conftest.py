@@ -38,6 +38,7 @@ SLOW = {
     "tests/test_crash_resume.py": 28,
     "tests/test_prompt_completion.py": 25,
     "book/08_lm_distillation.ipynb": 25,
+    "book/10_decoder_only_d2t.ipynb": 10,
     "tests/test_notebooks_committed.py": 20,
 }
 
