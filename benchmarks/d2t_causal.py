@@ -219,7 +219,8 @@ def main() -> None:
         by = {r["method"]: r for r in runs}
         problems: list = []
         check(teacher["bleu"] > by["hard labels"]["bleu"], "the teacher beats the hard-label student", problems)
-        check(by["KD, completion only"]["bleu"] > 0, "the KD student writes something", problems)
+        check(by["KD, completion only"]["bleu"] > 20, "the KD student writes descriptions (BLEU > 20)", problems)
+        check(teacher["ser"] < 10, "the shipped teacher gets < 10% of the slots wrong", problems)
         sys.exit(1 if problems else 0)
     beside = None if a.no_seq2seq else seq2seq_beside(steps, 1e-2, a.batch_size, num_transfer, test_items)
     data = ctx["data"]
