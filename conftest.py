@@ -25,6 +25,7 @@ SLOW = {
     f"{QUICK}[quality.py]": 60,
     f"{QUICK}[teacher_size.py]": 50,
     f"{QUICK}[lm_divergences.py]": 50,
+    f"{QUICK}[d2t_causal.py]": 40,
     "tests/test_cli.py": 70,
     "tests/test_distributed.py": 70,
     "tests/test_book_html.py": 65,
@@ -38,6 +39,7 @@ SLOW = {
     "tests/test_crash_resume.py": 28,
     "tests/test_prompt_completion.py": 25,
     "book/08_lm_distillation.ipynb": 25,
+    "book/10_decoder_only_d2t.ipynb": 10,
     "tests/test_notebooks_committed.py": 20,
 }
 

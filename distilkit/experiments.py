@@ -38,7 +38,8 @@ from .training import (
 )
 
 __all__ = ["checkpoint_path", "shipped_checkpoints", "load_teacher", "evaluate_d2t", "transfer_set",
-           "DemoResult", "run_demo"]
+           "DemoResult", "run_demo", "D2T_ROLES", "d2t_lm_tokenizer", "d2t_lm_prompt", "d2t_lm_pairs",
+           "d2t_lm_decode", "evaluate_d2t_lm"]
 
 
 def checkpoint_path(name: str) -> Path:
@@ -46,7 +47,7 @@ def checkpoint_path(name: str) -> Path:
     return Path(str(resources.files("distilkit") / "checkpoints" / f"{name}.safetensors"))
 
 
-_MADE_BY_SCRIPTS = ("d2t-teacher", "lm-teacher")  # what scripts/train_checkpoints.py makes
+_MADE_BY_SCRIPTS = ("d2t-teacher", "d2t-lm-teacher", "lm-teacher")  # what scripts/train_checkpoints.py makes
 
 
 def shipped_checkpoints() -> List[str]:
@@ -115,6 +116,58 @@ def transfer_set(teacher: nn.Module, data: DataToTextData, num_inputs: Optional[
     (source, target) pairs."""
     mrs = data.transfer if num_inputs is None else data.transfer[:num_inputs]
     return sequence_level_data(teacher, data.encode_inputs(mrs), method="greedy", progress=progress)
+
+
+# ---------------------------------------------------------------- data-to-text, decoder-only
+D2T_ROLES = ("user", "assistant")  # the chat turn's role words
+
+
+def d2t_lm_tokenizer(data: DataToTextData):
+    """The task's word tokenizer extended by the role words it lacks (appended, so every id of
+    the task's own tokenizer keeps its meaning). The causal teacher's checkpoint stores it."""
+    from .data import WordTokenizer
+
+    tok = data.tokenizer
+    return WordTokenizer(list(tok.itos) + [w for w in D2T_ROLES if w not in tok.stoi])
+
+
+def d2t_lm_prompt(tokenizer, mr: Dict[str, str]) -> List[int]:
+    """The prompt of one chat turn: ``user : <linearized MR> assistant :``."""
+    from .data import linearize_mr
+
+    return tokenizer.encode(f"{D2T_ROLES[0]} : {linearize_mr(mr)} {D2T_ROLES[1]} :", unknown="error")
+
+
+def d2t_lm_pairs(tokenizer, pairs) -> List[tuple]:
+    """``(prompt_ids, completion_ids)`` per (mr, text) pair: the completion is the description
+    followed by ``<eos>``; only it is scored when a causal LM trains on the pairs."""
+    return [(d2t_lm_prompt(tokenizer, mr), tokenizer.encode(text, add_eos=True)) for mr, text in pairs]
+
+
+def d2t_lm_decode(model: nn.Module, tokenizer, mrs, max_new_tokens: int = 80, batch_size: int = 200) -> List[str]:
+    """Greedy completions of the prompts of ``mrs``, as text (prompts grouped by length, since
+    a :class:`~distilkit.models.TransformerLM` decodes equal-length prompts together)."""
+    prompts = [d2t_lm_prompt(tokenizer, mr) for mr in mrs]
+    outs: List[Optional[str]] = [None] * len(prompts)
+    by_len: Dict[int, List[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    for idx in by_len.values():
+        for j in range(0, len(idx), batch_size):
+            chunk = idx[j : j + batch_size]
+            for i, ids in zip(chunk, greedy(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens)):
+                outs[i] = tokenizer.decode(ids)
+    return outs  # type: ignore[return-value]
+
+
+def evaluate_d2t_lm(model: nn.Module, tokenizer, items, max_new_tokens: int = 80) -> Dict[str, object]:
+    """The causal equivalent of :func:`distilkit.metrics.bleu_and_ser`: decode the completion
+    after each prompt and score it -- ``{"bleu", "slot_error_rate", "outputs"}``, BLEU against
+    all references of each item (``items``: (mr, references or one reference) pairs)."""
+    mrs = [mr for mr, _ in items]
+    refs = [r if isinstance(r, list) else [r] for _, r in items]
+    outs = d2t_lm_decode(model, tokenizer, mrs, max_new_tokens=max_new_tokens)
+    return {"bleu": corpus_bleu(outs, refs), "slot_error_rate": slot_error_rate(mrs, outs), "outputs": outs}
 
 
 @dataclass

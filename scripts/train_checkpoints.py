@@ -2,12 +2,18 @@
 
     python scripts/train_checkpoints.py            # both teachers
     python scripts/train_checkpoints.py --only d2t # the data-to-text teacher only
+    python scripts/train_checkpoints.py --only d2t-lm --threads 1  # its decoder-only twin (chapter 10)
     python scripts/train_checkpoints.py --only gpt2  # tokenizer + GPT-2 teacher (needs the hf extra)
 
 The data-to-text teacher is trained on the large `teacher_train` split (40,000 generated
 pairs), which the students never see with references: the teacher knows more than the
 student's small labelled set can teach. Runs resume from `.checkpoint_runs/` if interrupted.
 Output: `distilkit/checkpoints/<name>.safetensors` (weights + config + tokenizer, no pickle).
+
+The decoder-only data-to-text teacher (``d2t-lm-teacher``, a 2-layer ``TransformerLM``) reads the
+same 40,000 pairs as chat turns: prompt ``user : <linearized MR> assistant :``, completion the
+description + ``<eos>``; hard labels on the completion tokens only. Its tokenizer is the task's
+word tokenizer plus the role words, saved with the checkpoint.
 
 The GPT-2 teacher of chapter 7 is a Hugging Face `GPT2LMHeadModel` with a byte-level BPE
 tokenizer trained here, with the `tokenizers` library, on the same English corpus; both are
@@ -30,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "distilkit" / "checkpoints"
 RUNS = ROOT / ".checkpoint_runs"
 D2T_TEACHER = dict(preset="d2t-teacher", overrides={}, steps=2000, batch_size=64, lr=3e-3)
+D2T_LM_TEACHER = dict(preset="lm-teacher", overrides=dict(n_layers=2, max_len=128), steps=600, batch_size=64,
+                      lr=2e-3)
 LM_TEACHER = dict(preset="lm-teacher", steps=1600, batch_size=32, block=64, lr=2e-3)
 GPT2_TEACHER = dict(vocab_size=1024, n_layer=2, n_embd=96, n_head=4, block=32, steps=600,
                     batch_size=16, lr=3e-3)
@@ -50,6 +58,27 @@ def d2t(threads):
             "train_pairs": len(data.teacher_train)}
     save_model(model, OUT / "d2t-teacher.safetensors", data.tokenizer,
                extra={"recipe": D2T_TEACHER, "info": info, "history": hist.to_dict()})
+    print(json.dumps(info))
+
+
+def d2t_lm(threads):
+    from distilkit.experiments import d2t_lm_pairs, d2t_lm_tokenizer
+
+    r = D2T_LM_TEACHER
+    data = make_data_to_text()
+    tok = d2t_lm_tokenizer(data)
+    model = make_model(r["preset"], len(tok), **r["overrides"])
+    cfg = TrainConfig(steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], warmup_steps=50, eval_every=100,
+                      restore_best=True, checkpoint_dir=str(RUNS / "d2t-lm-teacher"), checkpoint_every=50,
+                      desc="d2t-lm teacher")
+    t = time.time()
+    hist = train(model, d2t_lm_pairs(tok, data.teacher_train), config=cfg,
+                 valid_examples=d2t_lm_pairs(tok, data.valid))
+    info = {"params": count_parameters(model), "steps": cfg.steps, "seconds": round(time.time() - t, 1),
+            "best_valid_loss": round(hist.best_valid_loss, 4), "threads": threads,
+            "train_pairs": len(data.teacher_train)}
+    save_model(model, OUT / "d2t-lm-teacher.safetensors", tok,
+               extra={"recipe": r, "info": info, "history": hist.to_dict()})
     print(json.dumps(info))
 
 
@@ -120,12 +149,14 @@ def gpt2(threads):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["d2t", "lm", "gpt2"], help="train one teacher only")
+    ap.add_argument("--only", choices=["d2t", "d2t-lm", "lm", "gpt2"], help="train one teacher only")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.only in (None, "d2t"):
         d2t(args.threads)
+    if args.only in (None, "d2t-lm"):
+        d2t_lm(args.threads)
     if args.only in (None, "lm"):
         lm(args.threads)
     if args.only in (None, "gpt2"):

@@ -59,7 +59,7 @@ def _toc_pages() -> list[str]:
 
 
 PAGES = _toc_pages()
-CHAPTERS = [p for p in PAGES if re.match(r"book/0\d_", p)]
+CHAPTERS = [p for p in PAGES if re.match(r"book/\d\d_", p)]
 
 
 def _load_browser_helpers():

@@ -305,12 +305,12 @@ def test_unknown_checkpoint_name_lists_the_shipped_ones(capsys, tmp_path):
         assert main(argv) == 2
         err = capsys.readouterr().err
         flag = "--teacher" if "--teacher" in argv else "--model"
-        assert f"{flag} d2t-teachr" in err and "shipped: d2t-teacher" in err, err
-    assert dk.experiments.shipped_checkpoints() == ["d2t-teacher", "lm-teacher"]
+        assert f"{flag} d2t-teachr" in err and "shipped: d2t-lm-teacher, d2t-teacher" in err, err
+    assert dk.experiments.shipped_checkpoints() == ["d2t-lm-teacher", "d2t-teacher", "lm-teacher"]
 
 
 def test_load_teacher_by_unknown_name_lists_the_shipped_ones():
-    with pytest.raises(FileNotFoundError, match="no shipped checkpoint named 'd2t-teachr'; shipped: d2t-teacher"):
+    with pytest.raises(FileNotFoundError, match="no shipped checkpoint named 'd2t-teachr'; shipped: d2t-lm-teacher, d2t-teacher"):
         dk.experiments.load_teacher("d2t-teachr")
     model, tok, _ = dk.experiments.load_teacher("d2t-teacher")
     assert model.kind == "seq2seq" and len(tok) > 4
