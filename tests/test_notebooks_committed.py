@@ -368,12 +368,16 @@ def test_install_cell_makes_distilkit_importable_in_a_fresh_environment(tmp_path
     client = nbclient.NotebookClient(nb, kernel_name="distilkit-fresh", timeout=1200,
                                      resources={"metadata": {"path": str(workdir)}})
     client.execute()
-    outputs = ["".join(o.get("text", "")) for c in nb.cells for o in c.outputs
-               if o.get("output_type") == "stream" and o.get("name") == "stdout"]
-    assert outputs[0].strip() == "before: None", outputs[0]
-    after, prefix = outputs[-1].splitlines()[-2:]
-    assert Path(prefix).resolve() == venv.resolve(), prefix
-    installed = Path(after.split(":", 1)[1].strip()).resolve()
+    # a cell's prints may arrive as one stream message or several: join each cell's stdout
+    stdout = ["".join(o.get("text", "") for o in c.outputs
+                      if o.get("output_type") == "stream" and o.get("name") == "stdout") for c in nb.cells]
+    report = "\n".join(f"cell {i}: {[dict(o) for o in c.outputs]}" for i, c in enumerate(nb.cells))
+    assert stdout[0].strip() == "before: None", report
+    last = stdout[2].splitlines()
+    after = [line for line in last if line.startswith("after:")]
+    assert len(after) == 1 and last, report
+    assert Path(last[-1]).resolve() == venv.resolve(), report
+    installed = Path(after[0].split(":", 1)[1].strip()).resolve()
     assert venv.resolve() in installed.parents, f"distilkit imported from {installed}"
 
 
