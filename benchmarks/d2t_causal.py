@@ -30,7 +30,6 @@ Also written: a few test inputs decoded by the causal students (seed 0) beside a
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time

@@ -183,7 +183,7 @@ def main(argv=None) -> int:
                 f" cpu {rr[n]['cpu']['median']:.3f} [{rr[n]['cpu']['min']:.2f}-{rr[n]['cpu']['max']:.2f}]"
                 for n in rr), flush=True)
     doc = {"command": command(), "machine": machine(1), "torch": torch.__version__,
-           "distilkit": str(Path(dk.__file__).parent), "load_average_before": load_before,
+           "distilkit": dk.__version__, "load_average_before": load_before,
            "load_average_after": os.getloadavg(), "runs": runs}
     import json
 

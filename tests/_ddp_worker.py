@@ -4,7 +4,8 @@ once, alone).
     _ddp_worker.py WORLD PORT OUT BATCH STEPS CKPT DISTILL [PARALLEL] [OPTIONS]
 
 PARALLEL: ddp (default) or fsdp. OPTIONS: comma-separated, any of ``memory_bounded``,
-``shard_teacher``, ``seq2seq``, ``clip_none``, ``accum1``. Rank 0 writes OUT (losses) and, via
+``shard_teacher``, ``seq2seq``, ``clip_none``, ``accum1``, ``hidden`` (hidden-state KD: the targets
+train a projection of their own, outside the DDP wrapper). Rank 0 writes OUT (losses) and, via
 ``dk.save_model`` called on every rank, OUT.safetensors (the student's full weights)."""
 
 import os
@@ -64,7 +65,8 @@ def run(rank, world, port, out, batch_size, steps, ckpt, distill, parallel="ddp"
     data = pairs if seq2seq else examples
     valid = data(6, seed=5)
     if distill:
-        kd = dk.KDConfig(memory_bounded="memory_bounded" in options, chunk_size=7)
+        kd = dk.KDConfig(memory_bounded="memory_bounded" in options, chunk_size=7,
+                         hidden_weight=1.0 if "hidden" in options else 0.0)
         hist = dk.distill(student, teacher, data(), kd=kd, config=cfg, valid_examples=valid)
     else:
         hist = dk.train(student, data(), config=cfg, valid_examples=valid)

@@ -84,6 +84,20 @@ def test_two_processes_match_one_with_doubled_batch(tmp_path, distill):
     assert log2.count(" 0/6 ") == 1  # ... and only rank 0 (each bar starts at 0/6 once)
 
 
+def test_learned_projections_are_averaged_over_ranks(tmp_path):
+    """Hidden-state KD from a wider teacher trains a projection that lives in the targets, not
+    in the DDP-wrapped student: its gradients must be averaged over ranks too, or each rank's
+    projection drifts and the student no longer matches one process with the doubled batch."""
+    two, _ = _run(tmp_path, "two", world=2, batch_size=3, distill=True, options="hidden")
+    one, _ = _run(tmp_path, "one", world=1, batch_size=6, distill=True, options="hidden")
+    plain, _ = _run(tmp_path, "plain", world=1, batch_size=6, distill=True)
+    diff = _max_diff(two["state"], one["state"])
+    print(f"hidden-state KD, max |w_2proc - w_1proc| = {diff:.3g}")
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert diff < 1e-4
+    assert _max_diff(plain["state"], one["state"]) > 100 * diff  # the hidden term changed training
+
+
 def test_resume_under_two_processes(tmp_path):
     ckpt = tmp_path / "ck"
     full, _ = _run(tmp_path, "full", world=2, batch_size=3, ckpt=ckpt)

@@ -74,3 +74,20 @@ def test_shard_units_are_found_generically():
     assert shard_units(lm) == list(lm.blocks)
     s2s = dk.Seq2SeqLSTM(dk.Seq2SeqConfig(vocab_size=20, embed_dim=8, hidden_dim=8))
     assert shard_units(s2s) == [s2s.encoder, s2s.decoder]
+
+
+def test_targets_with_learned_parts_are_refused_under_fsdp():
+    """Hidden-state KD's projection is not part of the sharded model: FSDP would neither shard
+    nor checkpoint it, so the combination is refused before anything is sharded (the check the
+    loop runs under torchrun with parallel='fsdp')."""
+    from distilkit.training.loop import _check_fsdp
+
+    torch.manual_seed(0)
+    student = dk.TransformerLM(dk.TransformerConfig(vocab_size=20, d_model=8, n_layers=2, n_heads=2))
+    teacher = dk.TransformerLM(dk.TransformerConfig(vocab_size=20, d_model=12, n_layers=2, n_heads=2))
+    targets = dk.HiddenStateTargets(teacher, dk.KDConfig(hidden_weight=1.0))
+    targets.check(dk.adapt(student))  # makes the projection (widths 8 vs 12)
+    assert targets.learned is not None
+    with pytest.raises(ValueError, match="HiddenStateTargets trains its own projections.*parallel='ddp'"):
+        _check_fsdp(student, targets, dk.TrainConfig(parallel="fsdp"))
+    _check_fsdp(student, dk.TeacherLogits(teacher), dk.TrainConfig(parallel="fsdp"))  # no learned parts
