@@ -63,3 +63,17 @@ def test_mean_std_is_the_sample_spread():
     assert mean_std([5]) == {"mean": 5.0, "std": 0.0, "n": 1}
     with pytest.raises(ValueError, match="values"):
         mean_std([])
+
+
+@pytest.mark.parametrize("name", ["quality", "quality_1000", "lm_divergences", "teacher_size", "student_size",
+                                  "temperature_alpha", "cross_tokenizer", "hidden_states", "topk_cache"])
+def test_results_files_pair_every_method_by_seed(name):
+    """The paired rule needs, for every method measured over seeds, one run per seed of the file's
+    seeds (a seed fixes the initialisation and the data order of every method alike)."""
+    doc = load_results(name)
+    seeds: dict = {}
+    for r in doc["runs"]:
+        if r.get("seed") is not None:
+            seeds.setdefault((r["method"], r.get("top_k")), []).append(r["seed"])
+    assert len(seeds) >= 2
+    assert {k: sorted(v) for k, v in seeds.items()} == {k: sorted(doc["seeds"]) for k in seeds}
