@@ -11,6 +11,8 @@ checks that there are no import cycles, lazy imports included):
 * training/   -- ``train``, ``distill``, ``TrainConfig``, ``KDConfig``; the ``Targets`` contract and
   every kind of target (``kd_loss`` maps KD settings to the loss); resume; torchrun
 * metrics     -- perplexity, BLEU, slot error rate, agreement, decoding speed
+* stats       -- the decision rule for comparisons over seeds: ``compare`` (paired t interval,
+  equivalence test), ``holm`` (many comparisons); standard library only
 * cache       -- the top-k teacher cache on disk: ``cache_teacher_logits``, ``load_teacher_cache``
 * decoding    -- greedy, beam search, sampling
 * vocab       -- ``check_vocab``: one tokenizer and output width for teacher and student
@@ -142,11 +144,16 @@ _EXPORTS = {
     "load_teacher": "experiments",
     # userdata
     "chat_examples": "userdata",
+    # stats
+    "Comparison": "stats",
+    "compare": "stats",
+    "holm": "stats",
+    "t_quantile": "stats",
 }
 
 # sub-modules used as ``dk.experiments``, ``dk.notebook``, ...
 _SUBMODULES = ("adapters", "cache", "checkpoint", "cli", "data", "decoding", "experiments", "hf", "layerinit",
-               "losses", "metrics", "models", "notebook", "protocol", "tokenalign", "training", "userdata", "vocab")
+               "losses", "metrics", "models", "notebook", "protocol", "stats", "tokenalign", "training", "userdata", "vocab")
 
 __all__ = [*_EXPORTS, "experiments", "notebook"]
 
@@ -229,6 +236,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
         sequence_level_data,
         train,
     )
+    from .stats import Comparison, compare, holm, t_quantile
     from .userdata import chat_examples
     from .vocab import check_vocab
 

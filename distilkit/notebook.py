@@ -1,7 +1,9 @@
 """Helpers the book's chapters share: one call at the top of a notebook fixes seeds, threads
 and the run size, so every executed output is reproducible, and decides whether training
 shows progress bars (yes for a person at a notebook, no when the notebook is executed
-unattended to produce the book's stored outputs)."""
+unattended to produce the book's stored outputs). The results files are read here; the rule
+that decides a comparison (``compare``, a paired t interval over seeds) and the correction for
+many comparisons (``holm``) live in :mod:`distilkit.stats` and are re-exported here."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .stats import Comparison, compare, holm  # the book's decision rule, defined in distilkit.stats
 from .training import resolve_device
 
 __all__ = ["NotebookSetup", "setup", "progress_wanted", "load_results", "metric_by_method", "mean_std", "Comparison",
-           "compare"]
+           "compare", "holm"]
 
 _FALSE = ("0", "false", "no", "off")
 
@@ -116,40 +119,3 @@ def mean_std(values) -> dict:
     if not v:
         raise ValueError("values must not be empty")
     return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
-
-
-@dataclass
-class Comparison:
-    """Method A against method B over seeds (see :func:`compare`)."""
-
-    effect: float  #: mean(A) - mean(B), in the metric's units
-    spread: float  #: the larger of the two seed standard deviations
-    per_seed: list  #: A - B for each seed (paired by seed)
-    verdict: str  #: "A better", "B better" or "inconclusive"
-
-    def __str__(self) -> str:
-        seeds = ", ".join(f"{d:+.2f}" for d in self.per_seed)
-        return f"{self.effect:+.2f} (seed spread {self.spread:.2f}; per seed {seeds}): {self.verdict}"
-
-
-def compare(a, b, higher_is_better: bool = True) -> Comparison:
-    """Compare two methods' per-seed values of one metric (equal length, paired by seed).
-
-    The effect is the difference of the means; it counts only when it is larger than the seed
-    spread (the larger sample standard deviation of the two) *and* every seed agrees on its
-    sign. Otherwise the verdict is "inconclusive"."""
-    import statistics
-
-    a, b = [float(x) for x in a], [float(x) for x in b]
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError(f"a and b must hold one value per seed for the same >= 2 seeds, got {len(a)} and {len(b)}")
-    effect = statistics.fmean(a) - statistics.fmean(b)
-    spread = max(statistics.stdev(a), statistics.stdev(b))
-    diffs = [x - y for x, y in zip(a, b)]
-    signed = effect if higher_is_better else -effect
-    same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
-    if abs(effect) <= spread or not same_sign:
-        verdict = "inconclusive"
-    else:
-        verdict = "A better" if signed > 0 else "B better"
-    return Comparison(effect, spread, diffs, verdict)
