@@ -7,8 +7,13 @@ import torch
 
 import distilkit as dk
 from distilkit.adapters import adapt
-from distilkit.experiments import (d2t_lm_decode, d2t_lm_pairs, d2t_lm_prompt, d2t_lm_tokenizer,
-                                   evaluate_d2t_lm)
+from distilkit.experiments import (
+    d2t_lm_decode,
+    d2t_lm_pairs,
+    d2t_lm_prompt,
+    d2t_lm_tokenizer,
+    evaluate_d2t_lm,
+)
 
 torch.set_num_threads(1)
 
