@@ -96,9 +96,9 @@ class Tokenizer:
         * ``unknown="map"``: becomes ``<unk>``, and a ``UserWarning`` says how many were mapped;
         * ``unknown="unk"`` (the default, kept for compatibility): becomes ``<unk>`` without a word.
 
-        Every higher-level entry point (:meth:`DataToTextData.encode_pairs`, the functions of
-        :mod:`distilkit.userdata`, the command line) refuses unknown pieces unless told to map them.
-        Check a text first with :meth:`unknown_pieces`."""
+        :meth:`DataToTextData.encode_inputs`, the functions of :mod:`distilkit.userdata` and the
+        command line refuse unknown pieces unless told to map them. Check a text first with
+        :meth:`unknown_pieces`."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if unknown not in UNKNOWN_CHOICES:
@@ -437,16 +437,19 @@ class DataToTextData:
     info: dict = field(default_factory=dict)
 
     def encode_pairs(self, pairs: Sequence[Tuple[Dict[str, str], str]],
-                     unknown: str = "error") -> List[Tuple[List[int], List[int]]]:
+                     unknown: str = "unk") -> List[Tuple[List[int], List[int]]]:
         """``(input ids, target ids)`` per ``(mr, text)`` pair; the target ends in ``<eos>``.
 
-        A word outside the task's vocabulary (in an attribute value or the text) is an error naming
-        the pair (``pairs[i]``) and the words; ``unknown="map"`` maps them to ``<unk>`` instead, with
-        one warning that counts them."""
-        _check_unknown_option(unknown)
+        ``unknown="error"``: a word outside the task's vocabulary (in an attribute value or the
+        text) is an error naming the pair (``pairs[i]``) and the words; ``"map"``: they become
+        ``<unk>``, with one warning that counts them; ``"unk"`` (the default, kept for
+        compatibility): they become ``<unk>`` without a word. distilkit's own callers pass
+        ``"error"``. An attribute the task does not know is always an error."""
+        _check_unknown_option(unknown, allow_unk=True)
         texts = [(linearize_mr(mr), t) for mr, t in _checked_pairs(pairs)]
-        _refuse_unknown(self.tokenizer, ((f"pairs[{i}] {side}", x) for i, pair in enumerate(texts)
-                                         for side, x in zip(("mr", "text"), pair)), unknown)
+        if unknown != "unk":
+            _refuse_unknown(self.tokenizer, ((f"pairs[{i}] {side}", x) for i, pair in enumerate(texts)
+                                             for side, x in zip(("mr", "text"), pair)), unknown)
         tok = self.tokenizer
         return [(tok.encode(m, unknown="unk"), tok.encode(t, add_eos=True, unknown="unk")) for m, t in texts]
 
@@ -459,9 +462,10 @@ class DataToTextData:
         return [self.tokenizer.encode(x, unknown="unk") for x in texts]
 
 
-def _check_unknown_option(unknown: str) -> None:
-    if unknown not in ("error", "map"):
-        raise ValueError(f"unknown must be 'error' or 'map', got {unknown!r}")
+def _check_unknown_option(unknown: str, allow_unk: bool = False) -> None:
+    choices = ("error", "map", "unk") if allow_unk else ("error", "map")
+    if unknown not in choices:
+        raise ValueError(f"unknown must be one of {', '.join(map(repr, choices))}, got {unknown!r}")
 
 
 def _checked_mr(mr, i: int) -> Dict[str, str]:

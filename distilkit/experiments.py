@@ -99,7 +99,7 @@ def evaluate_d2t(model: nn.Module, data: DataToTextData, split: str = "test", sp
             outs.extend(data.tokenizer.decode(ids) for ids in greedy(model, chunk, max_new_tokens=80))
             bar.update(len(chunk))
         bar.set_postfix_str("perplexity")
-        ppl = perplexity(model, data.encode_pairs([(mr, r[0]) for mr, r in zip(mrs, refs)]))
+        ppl = perplexity(model, data.encode_pairs([(mr, r[0]) for mr, r in zip(mrs, refs)], unknown="error"))
         bar.set_postfix_str("speed")
         seconds = 0.0  # decoding_speed times exactly new_tokens tokens per input, after a warm-up
         for x in speed_items:
@@ -239,8 +239,8 @@ def run_demo(
         raise ValueError("the teacher checkpoint's tokenizer differs from the task's; retrain the teacher")
     log(f"teacher: {count_parameters(teacher):,} parameters, trained on "
         f"{meta['extra'].get('info', {}).get('train_pairs', '?')} pairs")
-    labelled = data.encode_pairs(data.train)
-    valid = data.encode_pairs(data.valid)
+    labelled = data.encode_pairs(data.train, unknown="error")
+    valid = data.encode_pairs(data.valid, unknown="error")
     cfg = dict(steps=steps, batch_size=64, lr=3e-3, warmup_steps=50, eval_every=100, seed=seed,
                restore_best=False, progress=progress, device=device)
 

@@ -53,12 +53,20 @@ def test_encode_inputs_refuses_an_attribute_the_task_does_not_know(data):
 
 def test_encode_pairs_names_the_pair_and_the_side(data):
     mr = {"name": "the eagle", "food": "thai"}
+    pairs = [(mr, "the eagle serves thai food ."), (mr, "the eagle serves delicious thai food .")]
     with pytest.raises(ValueError, match=r"pairs\[1\] text: 1 word\(s\) .*'delicious'"):
-        data.encode_pairs([(mr, "the eagle serves thai food ."), (mr, "the eagle serves delicious thai food .")])
-    with pytest.raises(ValueError, match="unknown must be 'error' or 'map', got 'unk'"):
-        data.encode_pairs([(mr, "the eagle .")], unknown="unk")
-    # the task's own splits hold no unknown word: they encode as before
-    assert len(data.encode_pairs(data.train)) == 400 and len(data.encode_inputs(data.transfer)) == 10
+        data.encode_pairs(pairs, unknown="error")
+    with pytest.warns(UserWarning, match=r"unknown='map': 1 piece\(s\) in 1 text\(s\) mapped to <unk>"):
+        mapped = data.encode_pairs(pairs, unknown="map")
+    # the default keeps the earlier silent mapping (chapter 6 relies on it): the same ids as "map"
+    assert data.encode_pairs(pairs) == mapped and data.tokenizer.unk_id in mapped[1][1]
+    with pytest.raises(ValueError, match="unknown must be one of 'error', 'map', 'unk', got 'drop'"):
+        data.encode_pairs([(mr, "the eagle .")], unknown="drop")
+    with pytest.raises(ValueError, match=r"mrs\[0\] has attribute\(s\) \['wifi'\]"):
+        data.encode_pairs([({"name": "the eagle", "wifi": "yes"}, "the eagle .")])
+    # the task's own splits hold no unknown word
+    assert len(data.encode_pairs(data.train, unknown="error")) == 400
+    assert len(data.encode_inputs(data.transfer)) == 10
 
 
 def test_lm_text_unknown_character_names_its_line(tmp_path):

@@ -290,7 +290,7 @@ def _data_to_text(args, tok, teacher) -> Examples:
 
     def encode_pairs(items):
         if own:
-            return data.encode_pairs(items)
+            return data.encode_pairs(items, unknown="error")
         return encode_text_pairs([(linearize_mr(mr), t) for mr, t in items], tok)
 
     def encode_inputs(mrs):
