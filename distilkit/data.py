@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -43,6 +44,7 @@ __all__ = [
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
+UNKNOWN_CHOICES = ("error", "map", "unk")  # what encoding does with a piece outside the vocabulary
 
 
 # ============================================================================ tokenizers
@@ -75,19 +77,40 @@ class Tokenizer:
     def join(self, pieces: List[str]) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, unknown: str = "unk") -> List[int]:
-        """Token ids of ``text``. Pieces outside the vocabulary become ``<unk>`` (``unknown="unk"``)
-        or raise a ``ValueError`` that lists them (``unknown="error"``)."""
+    def unknown_pieces(self, text: str) -> List[str]:
+        """The distinct pieces (words or characters) of ``text`` outside the vocabulary, in the
+        order they first occur."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        if unknown not in ("unk", "error"):
-            raise ValueError(f"unknown must be 'unk' or 'error', got {unknown!r}")
+        return list(dict.fromkeys(p for p in self.split(text) if p not in self.stoi))
+
+    def describe_unknown(self, missing: Sequence[str]) -> str:
+        """``"2 word(s) not in the tokenizer's vocabulary: 'joes', 'diner'"``."""
+        unit = "word" if self.kind == "word" else "character" if self.kind == "char" else "piece"
+        return f"{len(missing)} {unit}(s) not in the tokenizer's vocabulary: {', '.join(map(repr, missing))}"
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, unknown: str = "unk") -> List[int]:
+        """Token ids of ``text``. A piece outside the vocabulary:
+
+        * ``unknown="error"``: raises a ``ValueError`` that lists them;
+        * ``unknown="map"``: becomes ``<unk>``, and a ``UserWarning`` says how many were mapped;
+        * ``unknown="unk"`` (the default, kept for compatibility): becomes ``<unk>`` without a word.
+
+        :meth:`DataToTextData.encode_inputs`, the functions of :mod:`distilkit.userdata` and the
+        command line refuse unknown pieces unless told to map them. Check a text first with
+        :meth:`unknown_pieces`."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if unknown not in UNKNOWN_CHOICES:
+            raise ValueError(f"unknown must be one of {', '.join(map(repr, UNKNOWN_CHOICES))}, got {unknown!r}")
         pieces = self.split(text)
-        if unknown == "error":
+        if unknown != "unk":
             missing = list(dict.fromkeys(p for p in pieces if p not in self.stoi))
+            if missing and unknown == "error":
+                raise ValueError(self.describe_unknown(missing))
             if missing:
-                raise ValueError(f"{len(missing)} {'word' if self.kind == 'word' else 'piece'}(s) not in the "
-                                 f"tokenizer's vocabulary: {', '.join(map(repr, missing))}")
+                count = sum(p not in self.stoi for p in pieces)
+                warnings.warn(f"{count} piece(s) mapped to {UNK} ({self.describe_unknown(missing)})", stacklevel=2)
         ids = [self.stoi.get(p, self.unk_id) for p in pieces]
         return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
 
@@ -413,12 +436,74 @@ class DataToTextData:
     seed: int = 0
     info: dict = field(default_factory=dict)
 
-    def encode_pairs(self, pairs: Sequence[Tuple[Dict[str, str], str]]) -> List[Tuple[List[int], List[int]]]:
-        tok = self.tokenizer
-        return [(tok.encode(linearize_mr(mr)), tok.encode(t, add_eos=True)) for mr, t in pairs]
+    def encode_pairs(self, pairs: Sequence[Tuple[Dict[str, str], str]],
+                     unknown: str = "unk") -> List[Tuple[List[int], List[int]]]:
+        """``(input ids, target ids)`` per ``(mr, text)`` pair; the target ends in ``<eos>``.
 
-    def encode_inputs(self, mrs: Sequence[Dict[str, str]]) -> List[List[int]]:
-        return [self.tokenizer.encode(linearize_mr(mr)) for mr in mrs]
+        ``unknown="error"``: a word outside the task's vocabulary (in an attribute value or the
+        text) is an error naming the pair (``pairs[i]``) and the words; ``"map"``: they become
+        ``<unk>``, with one warning that counts them; ``"unk"`` (the default, kept for
+        compatibility): they become ``<unk>`` without a word. distilkit's own callers pass
+        ``"error"``. An attribute the task does not know is always an error."""
+        _check_unknown_option(unknown, allow_unk=True)
+        texts = [(linearize_mr(mr), t) for mr, t in _checked_pairs(pairs)]
+        if unknown != "unk":
+            _refuse_unknown(self.tokenizer, ((f"pairs[{i}] {side}", x) for i, pair in enumerate(texts)
+                                             for side, x in zip(("mr", "text"), pair)), unknown)
+        tok = self.tokenizer
+        return [(tok.encode(m, unknown="unk"), tok.encode(t, add_eos=True, unknown="unk")) for m, t in texts]
+
+    def encode_inputs(self, mrs: Sequence[Dict[str, str]], unknown: str = "error") -> List[List[int]]:
+        """Input ids per meaning representation; a word outside the vocabulary is an error naming
+        ``mrs[i]`` and the words (``unknown="map"``: ``<unk>``, with a warning that counts them)."""
+        _check_unknown_option(unknown)
+        texts = [linearize_mr(_checked_mr(mr, i)) for i, mr in enumerate(mrs)]
+        _refuse_unknown(self.tokenizer, ((f"mrs[{i}]", x) for i, x in enumerate(texts)), unknown)
+        return [self.tokenizer.encode(x, unknown="unk") for x in texts]
+
+
+def _check_unknown_option(unknown: str, allow_unk: bool = False) -> None:
+    choices = ("error", "map", "unk") if allow_unk else ("error", "map")
+    if unknown not in choices:
+        raise ValueError(f"unknown must be one of {', '.join(map(repr, choices))}, got {unknown!r}")
+
+
+def _checked_mr(mr, i: int) -> Dict[str, str]:
+    if not isinstance(mr, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mr.items()):
+        raise TypeError(f"mrs[{i}] must be a dict of attribute -> value strings, got {mr!r}")
+    extra = [a for a in mr if a not in ATTRIBUTES]
+    if extra:
+        raise ValueError(f"mrs[{i}] has attribute(s) {extra} that the task does not know (they would be "
+                         f"left out of the input); it knows {', '.join(ATTRIBUTES)}")
+    return mr
+
+
+def _checked_pairs(pairs) -> list:
+    out = []
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], str)):
+            raise TypeError(f"pairs[{i}] must be an (mr, text) pair with a str text, got {pair!r}")
+        out.append((_checked_mr(pair[0], i), pair[1]))
+    return out
+
+
+def _refuse_unknown(tok: Tokenizer, texts: Iterable[Tuple[str, str]], unknown: str) -> None:
+    """Raise on the first text with pieces outside ``tok``'s vocabulary (``unknown="error"``), or
+    warn once with their count (``"map"``). ``texts``: (where, text) pairs."""
+    mapped, where_mapped, words = 0, 0, {}
+    for where, text in texts:
+        missing = tok.unknown_pieces(text)
+        if not missing:
+            continue
+        if unknown == "error":
+            raise ValueError(f"{where}: {tok.describe_unknown(missing)}; the model can only read what its "
+                             f"tokenizer knows ({len(tok)} entries); unknown='map' maps them to {UNK}")
+        mapped += sum(p not in tok.stoi for p in tok.split(text))
+        where_mapped += 1
+        words.update(dict.fromkeys(missing))
+    if mapped:
+        warnings.warn(f"unknown='map': {mapped} piece(s) in {where_mapped} text(s) mapped to {UNK} "
+                      f"({tok.describe_unknown(list(words))})", stacklevel=3)
 
 
 def _all_lexicon_text() -> List[str]:

@@ -39,7 +39,7 @@ from .training import (
 
 __all__ = ["checkpoint_path", "shipped_checkpoints", "load_teacher", "evaluate_d2t", "transfer_set",
            "DemoResult", "run_demo", "D2T_ROLES", "d2t_lm_tokenizer", "d2t_lm_prompt", "d2t_lm_pairs",
-           "d2t_lm_decode", "evaluate_d2t_lm"]
+           "d2t_lm_decode", "evaluate_d2t_lm", "LEGEND", "percent_ser"]
 
 
 def checkpoint_path(name: str) -> Path:
@@ -99,7 +99,7 @@ def evaluate_d2t(model: nn.Module, data: DataToTextData, split: str = "test", sp
             outs.extend(data.tokenizer.decode(ids) for ids in greedy(model, chunk, max_new_tokens=80))
             bar.update(len(chunk))
         bar.set_postfix_str("perplexity")
-        ppl = perplexity(model, data.encode_pairs([(mr, r[0]) for mr, r in zip(mrs, refs)]))
+        ppl = perplexity(model, data.encode_pairs([(mr, r[0]) for mr, r in zip(mrs, refs)], unknown="error"))
         bar.set_postfix_str("speed")
         seconds = 0.0  # decoding_speed times exactly new_tokens tokens per input, after a warm-up
         for x in speed_items:
@@ -141,7 +141,13 @@ def d2t_lm_prompt(tokenizer, mr: Dict[str, str]) -> List[int]:
 def d2t_lm_pairs(tokenizer, pairs) -> List[tuple]:
     """``(prompt_ids, completion_ids)`` per (mr, text) pair: the completion is the description
     followed by ``<eos>``; only it is scored when a causal LM trains on the pairs."""
-    return [(d2t_lm_prompt(tokenizer, mr), tokenizer.encode(text, add_eos=True)) for mr, text in pairs]
+    out = []
+    for i, (mr, text) in enumerate(pairs):
+        try:
+            out.append((d2t_lm_prompt(tokenizer, mr), tokenizer.encode(text, add_eos=True, unknown="error")))
+        except ValueError as exc:
+            raise ValueError(f"pairs[{i}]: {exc}") from None
+    return out
 
 
 def d2t_lm_decode(model: nn.Module, tokenizer, mrs, max_new_tokens: int = 80, batch_size: int = 200) -> List[str]:
@@ -177,16 +183,38 @@ class DemoResult:
     setup: Dict[str, object] = field(default_factory=dict)
 
     def table(self) -> str:
+        """The three models side by side, followed by :data:`LEGEND` (what each column means)."""
         head = f"{'model':<10}{'params':>10}{'BLEU':>8}{'SER %':>8}{'ppl':>8}{'tok/s':>9}"
         rows = [head, "-" * len(head)]
         for name, m in self.models.items():
             rows.append(f"{name:<10}{m['params']:>10,}{m['bleu']:>8.2f}{100 * m['slot_error_rate']:>8.2f}"
                         f"{m['perplexity']:>8.3f}{m['tokens_per_s']:>9.1f}")
-        return "\n".join(rows)
+        return "\n".join(rows + [""] + LEGEND)
 
     def to_json(self) -> dict:
-        strip = {k: {kk: vv for kk, vv in v.items() if kk != "outputs"} for k, v in self.models.items()}
+        """The figures without the outputs; the slot error rate in percent (``slot_error_rate_pct``),
+        as the table and ``distilkit evaluate`` print it."""
+        strip = {k: percent_ser({kk: vv for kk, vv in v.items() if kk != "outputs"}) for k, v in self.models.items()}
         return {"models": strip, "setup": self.setup}
+
+
+#: what the columns of :meth:`DemoResult.table` mean
+LEGEND = [
+    "BLEU: n-gram overlap with the 8 references of each test input, 0-100, higher is better",
+    "SER %: slot error rate, attribute values missing, wrong or added per 100 attributes of the inputs, "
+    "lower is better",
+    "ppl: perplexity of the first reference under the model (teacher forcing), lower is better",
+    "tok/s: greedy decoding speed, one input at a time, tokens per second on this machine",
+]
+
+
+def percent_ser(scores: Dict[str, object]) -> Dict[str, object]:
+    """``scores`` with ``slot_error_rate`` (a fraction) replaced by ``slot_error_rate_pct`` (percent,
+    two decimals): the one unit of the command line's output."""
+    out = {k: v for k, v in scores.items() if k != "slot_error_rate"}
+    if "slot_error_rate" in scores:
+        out["slot_error_rate_pct"] = round(100 * float(scores["slot_error_rate"]), 2)
+    return out
 
 
 def run_demo(
@@ -211,8 +239,8 @@ def run_demo(
         raise ValueError("the teacher checkpoint's tokenizer differs from the task's; retrain the teacher")
     log(f"teacher: {count_parameters(teacher):,} parameters, trained on "
         f"{meta['extra'].get('info', {}).get('train_pairs', '?')} pairs")
-    labelled = data.encode_pairs(data.train)
-    valid = data.encode_pairs(data.valid)
+    labelled = data.encode_pairs(data.train, unknown="error")
+    valid = data.encode_pairs(data.valid, unknown="error")
     cfg = dict(steps=steps, batch_size=64, lr=3e-3, warmup_steps=50, eval_every=100, seed=seed,
                restore_best=False, progress=progress, device=device)
 
@@ -231,7 +259,8 @@ def run_demo(
     log("evaluating on the test split ...")
     models = {name: evaluate_d2t(m.cpu(), data) for name, m in
               [("teacher", teacher.cpu()), ("baseline", baseline), ("student", student)]}
-    setup = {"seed": seed, "steps": steps, "labelled_pairs": len(labelled), "transfer_inputs": num_transfer,
+    setup = {"seed": seed, "steps": steps, "batch_size": cfg["batch_size"], "labelled_pairs": len(labelled),
+             "transfer_inputs": num_transfer,
              "kd": {"temperature": kd.temperature, "alpha": kd.alpha, "divergence": kd.divergence},
              "student_preset": student_preset, "test_inputs": len(data.test),
              "references_per_input": len(data.test[0][1])}

@@ -17,6 +17,7 @@ Tokenizers: a distilkit tokenizer (``encode(text, add_eos=...)``) or a Hugging F
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
@@ -136,15 +137,33 @@ def encode_text(tokenizer: Any, text: str, add_eos: bool = False) -> List[int]:
 
 
 def encode_lm_text(text: str, tokenizer: Any, block_size: int = 128,
-                   stride: Optional[int] = None) -> List[List[int]]:
-    """Windows of ``block_size + 1`` token ids over ``text`` (see :func:`distilkit.data.lm_examples`)."""
+                   stride: Optional[int] = None, unknown: str = "error",
+                   path: Union[str, Path] = "text", first_line: int = 1) -> List[List[int]]:
+    """Windows of ``block_size + 1`` token ids over ``text`` (see :func:`distilkit.data.lm_examples`).
+
+    A character (or word) a distilkit tokenizer does not know is an error naming it and the line
+    of ``text`` where it first occurs (``path, line n``, counted from ``first_line``); ``unknown="map"`` maps them to ``<unk>``
+    instead, with a warning that counts them."""
     from .data import lm_examples
 
+    if unknown not in ("error", "map"):
+        raise ValueError(f"unknown must be 'error' or 'map', got {unknown!r}")
     if _is_distilkit_tokenizer(tokenizer):
-        ids = tokenizer.encode(text)
+        missing = tokenizer.unknown_pieces(text)
+        if missing and unknown == "error":
+            raise DataFormatError(path, first_line - 1 + _first_line(text, missing[0], tokenizer.kind),
+                                  f"{tokenizer.describe_unknown(missing[:20])}"
+                                  f"{' (first 20 shown)' if len(missing) > 20 else ''}, first at this line; "
+                                  f"the model can only read what its tokenizer knows ({len(tokenizer)} entries)")
+        ids = tokenizer.encode(text, unknown="map" if missing else "unk")
     else:
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return lm_examples(ids, block_size, stride)
+
+
+def _first_line(text: str, piece: str, kind: str) -> int:
+    at = (text.lower() if kind == "word" else text).find(piece)
+    return text.count("\n", 0, max(at, 0)) + 1
 
 
 def encode_text_pairs(pairs: Sequence[Tuple[str, str]], tokenizer: Any,
@@ -185,7 +204,7 @@ def load_user_examples(path: Union[str, Path], tokenizer: Any, kind: str,
         return out
     if fmt == "jsonl":
         return encode_text_pairs(read_jsonl_pairs(path), tokenizer, path)
-    return encode_lm_text(read_text_file(path), tokenizer, block_size)
+    return encode_lm_text(read_text_file(path), tokenizer, block_size, path=path)
 
 
 def check_format(path: Union[str, Path], kind: str) -> str:
@@ -334,8 +353,12 @@ def load_pretrained(name_or_path: str):
 
 def split_off_valid(examples: Sequence, fraction: float = 0.05, min_train: int = 20):
     """``(train, valid)``: the last ``fraction`` of ``examples`` (at least one) held out for
-    validation; with fewer than ``min_train`` examples nothing is held out (valid is None)."""
+    validation; with fewer than ``min_train`` examples nothing is held out (valid is None) and a
+    warning says so (there is then no validation loss, and no best weights to restore)."""
     if len(examples) < min_train:
+        warnings.warn(f"only {len(examples)} example(s), fewer than {min_train}: none is held out for "
+                      "validation, so no validation loss is computed; give more data to get one",
+                      stacklevel=2)
         return list(examples), None
     n = max(1, int(len(examples) * fraction))
     return list(examples[:-n]), list(examples[-n:])

@@ -188,6 +188,27 @@ def test_book_builds_without_warnings(built_book):
     assert (built_book / "index.html").is_file()
 
 
+_BIB_LABEL = re.compile(r'<span class="label"><span class="fn-bracket">\[</span>(.*?)<span class="fn-bracket">\]</span>')
+_CITE_LINK = re.compile(r'<a class="reference internal" href="bibliography\.html#([^"]+)"[^>]*>(.*?)</a>', re.S)
+
+
+def test_bibliography_is_author_year_as_the_text_cites(built_book):
+    """One citation style: the text cites "Hinton et al., 2015" and the bibliography labels its
+    entries the same way (no numbers); the page shows no instructions to authors."""
+    page = (built_book / "book" / "bibliography.html").read_text(encoding="utf-8")
+    labels = [re.sub(r"<[^>]+>", "", x) for x in _BIB_LABEL.findall(page)]
+    bib = (ROOT / "book" / "references.bib").read_text(encoding="utf-8")
+    assert len(labels) == len(re.findall(r"^@\w+\{", bib, flags=re.M)) > 0
+    assert all(re.fullmatch(r"\D+, \d{4}[a-z]?", label) for label in labels), labels
+    assert labels == sorted(labels, key=str.lower), "sorted by author"
+    assert "{cite}" not in page and "cites one with" not in page
+    # a chapter's author-year citation names an entry whose label starts with the same author
+    chapter = (built_book / "book" / "01_background.html").read_text(encoding="utf-8")
+    cited = {re.sub(r"<[^>]+>", "", text) for _, text in _CITE_LINK.findall(chapter)}
+    full = {c for c in cited if re.fullmatch(r"\D+, \d{4}", c)}
+    assert full and full <= set(labels), full - set(labels)
+
+
 _SCRIPT_SRC = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.I)
 _STYLESHEET = re.compile(
     r"<link\b(?=[^>]*\brel\s*=\s*[\"']?stylesheet)[^>]*\bhref\s*=\s*[\"']([^\"']+)[\"']", re.I

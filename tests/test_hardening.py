@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 import distilkit as dk
+from distilkit.experiments import shipped_checkpoints
 
 torch.set_num_threads(1)
 
@@ -65,7 +66,8 @@ def test_cli_error_in_a_real_process(tmp_path):
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
     assert p.stderr.strip() == ("distilkit generate: error: --model missing.safetensors: no such file, "
-                                "and no shipped checkpoint of that name (shipped: d2t-lm-teacher, d2t-teacher, lm-teacher)")
+                                "and no shipped checkpoint of that name (shipped: "
+                                f"{', '.join(shipped_checkpoints())})")
 
 
 def test_the_table_covers_the_brief():

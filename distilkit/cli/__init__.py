@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import List, Optional
 
 from .. import __version__
@@ -186,14 +187,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"distilkit {args.command}: warning: {flag_message(str(message))}", file=sys.stderr)
+
     try:
-        from .inputs import check_early, typed_flags
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning  # one plain line on stderr, not a source location
+            from .inputs import check_early, typed_flags
 
-        args.typed = typed_flags(parser.commands[args.command], sys.argv[1:] if argv is None else argv)
-        check_early(args)
-        from .commands import COMMANDS
+            args.typed = typed_flags(parser.commands[args.command], sys.argv[1:] if argv is None else argv)
+            check_early(args)
+            from .commands import COMMANDS
 
-        return COMMANDS[args.command](args)
+            return COMMANDS[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"distilkit {args.command}: error: {flag_message(str(exc))}", file=sys.stderr)
         return 2

@@ -44,8 +44,12 @@ def demo(args) -> int:
     print()
     print(res.table())
     b, s = res.models["baseline"], res.models["student"]
-    print(f"\ndistilled vs baseline: BLEU {s['bleu'] - b['bleu']:+.2f}, "
-          f"slot error rate {100 * (s['slot_error_rate'] - b['slot_error_rate']):+.2f} points")
+    setup = res.setup
+    print(f"\nbudget: each student {setup['steps']} steps of {setup['batch_size']} examples; the baseline reads the "
+          f"{setup['labelled_pairs']} labelled pairs, the student those + {setup['transfer_inputs']} inputs the "
+          f"teacher labelled")
+    print(f"distilled vs baseline: BLEU {s['bleu'] - b['bleu']:+.2f}, "
+          f"SER {100 * (s['slot_error_rate'] - b['slot_error_rate']):+.2f} percentage points")
     if args.json:
         from ..checkpoint import atomic_write_bytes
 
@@ -223,9 +227,11 @@ def evaluate(args) -> int:
     data = make_data_to_text()
     if tok is not None and tok != data.tokenizer:
         raise ValueError(f"--model {args.model} uses a different tokenizer than the built-in task")
+    from ..experiments import percent_ser
+
     res = evaluate_d2t(model, data, args.split, progress=not args.no_progress)
     res.pop("outputs")
-    print(json.dumps(res))
+    print(json.dumps(percent_ser(res)))  # the slot error rate in percent, as `demo` prints it
     return 0
 
 

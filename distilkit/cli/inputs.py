@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
@@ -24,6 +25,7 @@ from .flags import flag_message
 TOKENIZER_DIR = "tokenizer"
 DISTILKIT_TOKENIZER = "distilkit-tokenizer.json"
 DEFAULT_STUDENT = {"seq2seq": "d2t-student", "lm": "lm-student"}
+MIN_EXAMPLES_FOR_VALID = 20  # --data with fewer examples holds none out for validation
 
 
 # ============================================================================ which flags were typed
@@ -249,7 +251,14 @@ def examples(args, tok, kind: str, teacher=None) -> Examples:
         refuse(args, ["transfer"], "with --data (your file holds no unlabelled inputs)")
         from ..userdata import load_user_examples, split_off_valid
 
-        train, valid = split_off_valid(load_user_examples(args.data, tok, kind, args.block_size))
+        loaded = load_user_examples(args.data, tok, kind, args.block_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # said below, in the command line's words
+            train, valid = split_off_valid(loaded, min_train=MIN_EXAMPLES_FOR_VALID)
+        if valid is None:
+            warnings.warn(f"--data {args.data}: {len(train)} example(s), fewer than {MIN_EXAMPLES_FOR_VALID}: "
+                          "none is held out for validation, so the run reports no validation loss and keeps "
+                          "its last weights; give more lines to get one", stacklevel=2)
         if kind == "seq2seq" and getattr(args, "sequence_level", False):
             train = _teacher_outputs(teacher, [src for src, _ in train], args)
         return Examples(train, valid, str(args.data))
@@ -259,8 +268,11 @@ def examples(args, tok, kind: str, teacher=None) -> Examples:
 
         text = load_text_corpus(args.corpus)
         split = int(0.9 * len(text))
-        return Examples(encode_lm_text(text[:split], tok, args.block_size),
-                        encode_lm_text(text[split:], tok, args.block_size)[:200], args.corpus or "built-in corpus")
+        where = f"--corpus {args.corpus}" if args.corpus else "the built-in corpus"
+        return Examples(encode_lm_text(text[:split], tok, args.block_size, path=where),
+                        encode_lm_text(text[split:], tok, args.block_size, path=where,
+                                       first_line=text.count("\n", 0, split) + 1)[:200],
+                        args.corpus or "built-in corpus")
     return _data_to_text(args, tok, teacher)
 
 
@@ -278,7 +290,7 @@ def _data_to_text(args, tok, teacher) -> Examples:
 
     def encode_pairs(items):
         if own:
-            return data.encode_pairs(items)
+            return data.encode_pairs(items, unknown="error")
         return encode_text_pairs([(linearize_mr(mr), t) for mr, t in items], tok)
 
     def encode_inputs(mrs):
@@ -308,7 +320,8 @@ def json_loss(value: float, valid) -> dict:
     """``best_valid_loss`` as valid JSON: a number, or ``null`` with the reason (never NaN)."""
     if valid is None:
         return {"best_valid_loss": None,
-                "best_valid_loss_note": "nothing was held out: fewer than 20 examples (validation needs more)"}
+                "best_valid_loss_note": f"nothing was held out: fewer than {MIN_EXAMPLES_FOR_VALID} examples "
+                                         "(validation needs more)"}
     if value is None or not math.isfinite(value):
         return {"best_valid_loss": None, "best_valid_loss_note": "no validation loss was computed"}
     return {"best_valid_loss": value}
