@@ -89,15 +89,16 @@ class Tokenizer:
         unit = "word" if self.kind == "word" else "character" if self.kind == "char" else "piece"
         return f"{len(missing)} {unit}(s) not in the tokenizer's vocabulary: {', '.join(map(repr, missing))}"
 
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, unknown: str = "unk") -> List[int]:
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, unknown: str = "error") -> List[int]:
         """Token ids of ``text``. A piece outside the vocabulary:
 
-        * ``unknown="error"``: raises a ``ValueError`` that lists them;
+        * ``unknown="error"`` (the default): raises a ``ValueError`` that lists them;
         * ``unknown="map"``: becomes ``<unk>``, and a ``UserWarning`` says how many were mapped;
-        * ``unknown="unk"`` (the default, kept for compatibility): becomes ``<unk>`` without a word.
+        * ``unknown="unk"``: becomes ``<unk>`` without a word (for code that has checked already).
 
-        :meth:`DataToTextData.encode_inputs`, the functions of :mod:`distilkit.userdata` and the
-        command line refuse unknown pieces unless told to map them. Check a text first with
+        Every entry point (this method, :meth:`DataToTextData.encode_pairs` and
+        :meth:`~DataToTextData.encode_inputs`, :mod:`distilkit.userdata`, the command line)
+        refuses unknown pieces unless told to map them. Check a text first with
         :meth:`unknown_pieces`."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -331,6 +332,15 @@ class DataToTextTask:
     min_slots: int = 3
     max_slots: int = 7
 
+    def __post_init__(self):
+        for name in ("min_slots", "max_slots"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= len(OPTIONAL):
+                raise ValueError(f"{name} must be an int from 0 to {len(OPTIONAL)} (the optional attributes), "
+                                 f"got {v!r}")
+        if self.min_slots > self.max_slots:
+            raise ValueError(f"min_slots ({self.min_slots}) must not exceed max_slots ({self.max_slots})")
+
     def sample_mr(self, rng: random.Random) -> Dict[str, str]:
         k = rng.randint(self.min_slots, self.max_slots)
         chosen = rng.sample(OPTIONAL, k)
@@ -378,23 +388,33 @@ def _fresh_mr(task: "DataToTextTask", rng: random.Random, seen: set) -> Dict[str
             return mr
 
 
+def _unseen_mr(task: "DataToTextTask", rng: random.Random, excluded: frozenset) -> Dict[str, str]:
+    """A sampled MR whose linearisation is not in ``excluded`` (repeats among draws allowed)."""
+    while True:
+        mr = task.sample_mr(rng)
+        if linearize_mr(mr) not in excluded:
+            return mr
+
+
 class _GeneratedPairs(Sequence):
     """A list of (mr, text) pairs generated on first use.
 
     ``make_data_to_text`` draws the teacher's 40,000 pairs last, from the random state the other
     splits leave behind; generating them takes seconds and only teacher training reads them, so
     the state is kept and the pairs are drawn when first indexed or iterated (the same pairs as
-    drawing them at once). ``len`` needs no generation."""
+    drawing them at once). ``len`` needs no generation. No MR of another split occurs here; an
+    MR may occur more than once (with its own description each time), since the teacher's task
+    includes one-attribute inputs, of which there are only a few thousand."""
 
-    def __init__(self, task: "DataToTextTask", rng_state, seen: set, n: int):
-        self._args, self._n, self._pairs = (task, rng_state, seen), n, None
+    def __init__(self, task: "DataToTextTask", rng_state, excluded: set, n: int):
+        self._args, self._n, self._pairs = (task, rng_state, frozenset(excluded)), n, None
 
     def _get(self) -> list:
         if self._pairs is None:
-            task, state, seen = self._args
-            rng, seen = random.Random(), set(seen)
+            task, state, excluded = self._args
+            rng = random.Random()
             rng.setstate(state)
-            pairs = [(mr, task.realise(mr, rng)) for mr in (_fresh_mr(task, rng, seen) for _ in range(self._n))]
+            pairs = [(mr, task.realise(mr, rng)) for mr in (_unseen_mr(task, rng, excluded) for _ in range(self._n))]
             self._pairs, self._args = pairs, None
         return self._pairs
 
@@ -424,7 +444,12 @@ class DataToTextData:
     * ``train``: (mr, text) pairs with one reference each -- the small labelled set;
     * ``transfer``: MRs with no reference -- inputs a teacher can label;
     * ``valid``: (mr, text) pairs; ``test``: (mr, [references]) with ``num_refs`` each;
-    * ``teacher_train``: a large labelled set, used only to train the teacher.
+    * ``test_by_size``: ``{k: [(mr, [references]), ...]}``, ``num_test_per_size`` MRs with exactly
+      ``k`` attributes besides the name, for every ``k`` the teacher's task draws (1 to all 8):
+      how a model copes with inputs smaller or larger than the students' task has;
+    * ``teacher_train``: a large labelled set, used only to train the teacher. Its MRs come from
+      ``teacher_task`` (by default 1 to all 8 attributes besides the name, a wider range than the
+      students' 3 to 7), so the teacher has seen every input size a user can give it.
     """
 
     train: List[Tuple[Dict[str, str], str]]
@@ -435,16 +460,16 @@ class DataToTextData:
     tokenizer: WordTokenizer
     seed: int = 0
     info: dict = field(default_factory=dict)
+    test_by_size: Dict[int, List[Tuple[Dict[str, str], List[str]]]] = field(default_factory=dict)
 
     def encode_pairs(self, pairs: Sequence[Tuple[Dict[str, str], str]],
-                     unknown: str = "unk") -> List[Tuple[List[int], List[int]]]:
+                     unknown: str = "error") -> List[Tuple[List[int], List[int]]]:
         """``(input ids, target ids)`` per ``(mr, text)`` pair; the target ends in ``<eos>``.
 
-        ``unknown="error"``: a word outside the task's vocabulary (in an attribute value or the
-        text) is an error naming the pair (``pairs[i]``) and the words; ``"map"``: they become
-        ``<unk>``, with one warning that counts them; ``"unk"`` (the default, kept for
-        compatibility): they become ``<unk>`` without a word. distilkit's own callers pass
-        ``"error"``. An attribute the task does not know is always an error."""
+        ``unknown="error"`` (the default): a word outside the task's vocabulary (in an attribute
+        value or the text) is an error naming the pair (``pairs[i]``) and the words; ``"map"``:
+        they become ``<unk>``, with one warning that counts them; ``"unk"``: they become ``<unk>``
+        without a word. An attribute the task does not know is always an error."""
         _check_unknown_option(unknown, allow_unk=True)
         texts = [(linearize_mr(mr), t) for mr, t in _checked_pairs(pairs)]
         if unknown != "unk":
@@ -526,17 +551,28 @@ def make_data_to_text(
     num_refs: int = 8,
     num_teacher_train: int = 40000,
     task: Optional[DataToTextTask] = None,
+    teacher_task: Optional[DataToTextTask] = None,
+    num_test_per_size: int = 50,
 ) -> DataToTextData:
     """Generate the data-to-text splits. The same arguments always give the same data, and no
-    test MR occurs in any training split."""
+    test MR occurs in any training split.
+
+    ``task`` draws the students' splits (default: name + 3 to 7 attributes); ``teacher_task`` the
+    teacher's (default: name + 1 to 8, every size). ``test_by_size`` holds ``num_test_per_size``
+    test MRs of each size ``teacher_task`` draws."""
     for name, value in [("num_train", num_train), ("num_valid", num_valid), ("num_test", num_test),
                         ("num_refs", num_refs)]:
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    for name, value in [("num_transfer", num_transfer), ("num_teacher_train", num_teacher_train)]:
+    for name, value in [("num_transfer", num_transfer), ("num_teacher_train", num_teacher_train),
+                        ("num_test_per_size", num_test_per_size)]:
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     task = task or DataToTextTask()
+    teacher_task = teacher_task or DataToTextTask(min_slots=1, max_slots=len(OPTIONAL))
+    for name, t in [("task", task), ("teacher_task", teacher_task)]:
+        if not isinstance(t, DataToTextTask):
+            raise TypeError(f"{name} must be a DataToTextTask, got {type(t).__name__}")
     rng = random.Random(seed)
     seen = set()
 
@@ -550,13 +586,21 @@ def make_data_to_text(
     valid = [(mr, task.realise(mr, rng)) for mr in (fresh_mr() for _ in range(num_valid))]
     train = [(mr, task.realise(mr, rng)) for mr in (fresh_mr() for _ in range(num_train))]
     transfer = [fresh_mr() for _ in range(num_transfer)]
-    teacher_train = _GeneratedPairs(task, rng.getstate(), seen, num_teacher_train)  # drawn when first read
+    test_by_size = {}
+    for k in range(teacher_task.min_slots, teacher_task.max_slots + 1):
+        sized = DataToTextTask(min_slots=k, max_slots=k)
+        mrs = [_fresh_mr(sized, rng, seen) for _ in range(num_test_per_size)]
+        test_by_size[k] = [(mr, [sized.realise(mr, rng) for _ in range(num_refs)]) for mr in mrs]
+    teacher_train = _GeneratedPairs(teacher_task, rng.getstate(), seen, num_teacher_train)  # drawn when first read
     tokenizer = WordTokenizer.from_texts(_all_lexicon_text() + [t for _, t in train])
     return DataToTextData(
         train=train, transfer=transfer, valid=valid, test=test, teacher_train=teacher_train,
-        tokenizer=tokenizer, seed=seed,
+        tokenizer=tokenizer, seed=seed, test_by_size=test_by_size,
         info={"num_train": num_train, "num_transfer": num_transfer, "num_valid": num_valid,
-              "num_test": num_test, "num_refs": num_refs, "num_teacher_train": num_teacher_train},
+              "num_test": num_test, "num_refs": num_refs, "num_teacher_train": num_teacher_train,
+              "num_test_per_size": num_test_per_size,
+              "slots": [task.min_slots, task.max_slots],
+              "teacher_slots": [teacher_task.min_slots, teacher_task.max_slots]},
     )
 
 

@@ -4,10 +4,12 @@
     python scripts/train_checkpoints.py --only d2t # the data-to-text teacher only
     python scripts/train_checkpoints.py --only d2t-lm --threads 1  # its decoder-only twin (chapter 10)
     python scripts/train_checkpoints.py --only gpt2  # tokenizer + GPT-2 teacher (needs the hf extra)
+    python scripts/train_checkpoints.py --only d2t --out runs/teachers  # elsewhere, to compare first
 
 The data-to-text teacher is trained on the large `teacher_train` split (40,000 generated
 pairs), which the students never see with references: the teacher knows more than the
-student's small labelled set can teach. Runs resume from `.checkpoint_runs/` if interrupted.
+student's small labelled set can teach. Its inputs have 1 to all 8 attributes besides the name
+(the students' splits have 3 to 7), so it has seen every input size a user can give it. Runs resume from `.checkpoint_runs/` if interrupted.
 Output: `distilkit/checkpoints/<name>.safetensors` (weights + config + tokenizer, no pickle).
 
 The decoder-only data-to-text teacher (``d2t-lm-teacher``, a 2-layer ``TransformerLM``) reads the
@@ -33,7 +35,7 @@ from distilkit.models import count_parameters, make_model
 from distilkit.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "distilkit" / "checkpoints"
+OUT = ROOT / "distilkit" / "checkpoints"  # --out replaces it
 RUNS = ROOT / ".checkpoint_runs"
 D2T_TEACHER = dict(preset="d2t-teacher", overrides={}, steps=2000, batch_size=64, lr=3e-3)
 D2T_LM_TEACHER = dict(preset="lm-teacher", overrides=dict(n_layers=2, max_len=128), steps=600, batch_size=64,
@@ -151,7 +153,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["d2t", "d2t-lm", "lm", "gpt2"], help="train one teacher only")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--out", type=Path, default=OUT, help="folder for the checkpoints (default: %(default)s)")
     args = ap.parse_args()
+    OUT = args.out
+    OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     if args.only in (None, "d2t"):
         d2t(args.threads)

@@ -79,8 +79,24 @@ def test_teacher_pairs_are_drawn_on_first_read_and_match_drawing_them_at_once():
     valid = [(mr, task.realise(mr, rng)) for mr in (fresh() for _ in range(10))]
     train = [(mr, task.realise(mr, rng)) for mr in (fresh() for _ in range(30))]
     transfer = [fresh() for _ in range(20)]
-    teacher = [(mr, task.realise(mr, rng)) for mr in (fresh() for _ in range(50))]
+    by_size = {}
+    for k in range(1, 9):  # 50 MRs per size, each with exactly k attributes besides the name
+        sized = DataToTextTask(min_slots=k, max_slots=k)
+        task_k, task = task, sized
+        mrs = [fresh() for _ in range(50)]
+        task = task_k
+        by_size[k] = [(mr, [sized.realise(mr, rng) for _ in range(3)]) for mr in mrs]
+    wide, other_splits = DataToTextTask(min_slots=1, max_slots=8), frozenset(seen)
+
+    def unseen():  # the teacher's MRs: none from another split; repeats among them allowed
+        while True:
+            mr = wide.sample_mr(rng)
+            if linearize_mr(mr) not in other_splits:
+                return mr
+
+    teacher = [(mr, wide.realise(mr, rng)) for mr in (unseen() for _ in range(50))]
     assert (data.test, data.valid, data.train, data.transfer) == (test, valid, train, transfer)
+    assert data.test_by_size == by_size
     assert data.teacher_train[:3] == teacher[:3]  # first read: generated now
     assert list(data.teacher_train) == teacher and data.teacher_train == teacher
     assert "not generated" not in repr(data.teacher_train)
@@ -105,6 +121,26 @@ def test_splits_are_disjoint(data):
     train_like = {key(m) for m, _ in data.train} | {key(m) for m in data.transfer} | {
         key(m) for m, _ in data.teacher_train}
     assert not train_like & {key(m) for m, _ in data.valid}
+
+
+def test_test_by_size_covers_every_size_the_teacher_was_trained_on(data):
+    assert sorted(data.test_by_size) == list(range(1, 9)) and data.info["teacher_slots"] == [1, 8]
+    seen_elsewhere = {linearize_mr(m) for m, _ in data.train + data.valid} | {linearize_mr(m) for m in data.transfer} | {
+        linearize_mr(m) for m, _ in data.test} | {linearize_mr(m) for m, _ in data.teacher_train}
+    for k, items in data.test_by_size.items():
+        assert len(items) == 50 and all(len(mr) - 1 == k and len(refs) == 8 for mr, refs in items)
+        assert not {linearize_mr(m) for m, _ in items} & seen_elsewhere, f"size {k} shares MRs with another split"
+    sizes = {len(mr) - 1 for mr, _ in data.teacher_train[:5000]}
+    assert sizes == set(range(1, 9)), sizes  # the teacher sees one attribute to all eight
+
+
+def test_task_sizes_are_checked():
+    with pytest.raises(ValueError, match="min_slots .* must not exceed max_slots"):
+        DataToTextTask(min_slots=5, max_slots=2)
+    with pytest.raises(ValueError, match="max_slots must be an int from 0 to 8"):
+        DataToTextTask(max_slots=9)
+    with pytest.raises(TypeError, match="teacher_task must be a DataToTextTask"):
+        make_data_to_text(teacher_task=(1, 8), **SMALL)
 
 
 def test_mrs_are_well_formed(data):
@@ -173,7 +209,9 @@ def test_word_tokenizer_round_trips_normalised_text(data):
     assert tok.decode(tok.encode("The  EAGLE is cheap , near Avalon .")) == "the eagle is cheap, near avalon."
     assert tok.encode("the eagle", add_bos=True, add_eos=True)[::2] == [tok.bos_id, tok.stoi["eagle"]]
     assert tok.encode("the eagle", add_bos=True, add_eos=True)[-1] == tok.eos_id
-    assert tok.decode(tok.encode("zzzqqq")) == "<unk>"
+    assert tok.decode(tok.encode("zzzqqq", unknown="unk")) == "<unk>"
+    with pytest.raises(ValueError, match="1 word.* not in the tokenizer's vocabulary: 'zzzqqq'"):
+        tok.encode("the zzzqqq")  # the default refuses and names the word
 
 
 @pytest.fixture(scope="module")
