@@ -110,6 +110,7 @@ _EXPORTS = {
     "decoding_speed": "metrics",
     "perplexity": "metrics",
     "slot_error_rate": "metrics",
+    "repeated_ngram_rate": "metrics",
     "slot_errors": "metrics",
     # models
     "PRESETS": "models",
@@ -204,6 +205,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
         corpus_bleu,
         decoding_speed,
         perplexity,
+        repeated_ngram_rate,
         slot_error_rate,
         slot_errors,
     )
