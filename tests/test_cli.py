@@ -409,8 +409,10 @@ def test_generate_refuses_unknown_characters_in_a_prompt(tmp_path, capsys):
 
 def test_tokenizer_encode_unknown_option():
     tok = dk.WordTokenizer.from_texts(["the eagle serves thai food"])
-    assert tok.encode("the pizza") == [tok.stoi["the"], tok.unk_id]  # default unchanged
+    assert tok.encode("the pizza", unknown="unk") == [tok.stoi["the"], tok.unk_id]
     assert tok.encode("the eagle", unknown="error") == tok.encode("the eagle")
+    with pytest.raises(ValueError, match="'pizza'"):
+        tok.encode("the pizza")  # the default refuses
     with pytest.raises(ValueError, match="'pizza', 'oven'"):
         tok.encode("the pizza oven pizza", unknown="error")
     with pytest.raises(ValueError, match="unknown must be"):

@@ -54,12 +54,13 @@ def test_encode_inputs_refuses_an_attribute_the_task_does_not_know(data):
 def test_encode_pairs_names_the_pair_and_the_side(data):
     mr = {"name": "the eagle", "food": "thai"}
     pairs = [(mr, "the eagle serves thai food ."), (mr, "the eagle serves delicious thai food .")]
-    with pytest.raises(ValueError, match=r"pairs\[1\] text: 1 word\(s\) .*'delicious'"):
-        data.encode_pairs(pairs, unknown="error")
+    for call in (lambda: data.encode_pairs(pairs), lambda: data.encode_pairs(pairs, unknown="error")):
+        with pytest.raises(ValueError, match=r"pairs\[1\] text: 1 word\(s\) .*'delicious'"):
+            call()  # the default refuses, as unknown="error" does
     with pytest.warns(UserWarning, match=r"unknown='map': 1 piece\(s\) in 1 text\(s\) mapped to <unk>"):
         mapped = data.encode_pairs(pairs, unknown="map")
-    # the default keeps the earlier silent mapping (chapter 6 relies on it): the same ids as "map"
-    assert data.encode_pairs(pairs) == mapped and data.tokenizer.unk_id in mapped[1][1]
+    # unknown="unk": the same ids as "map", without the warning (for callers that checked already)
+    assert data.encode_pairs(pairs, unknown="unk") == mapped and data.tokenizer.unk_id in mapped[1][1]
     with pytest.raises(ValueError, match="unknown must be one of 'error', 'map', 'unk', got 'drop'"):
         data.encode_pairs([(mr, "the eagle .")], unknown="drop")
     with pytest.raises(ValueError, match=r"mrs\[0\] has attribute\(s\) \['wifi'\]"):
