@@ -18,7 +18,7 @@ from .stats import Comparison, compare, holm  # the book's decision rule, define
 from .training import resolve_device
 
 __all__ = ["NotebookSetup", "setup", "progress_wanted", "load_results", "metric_by_method", "mean_std", "Comparison",
-           "compare", "holm"]
+           "compare", "holm", "table", "Table"]
 
 _FALSE = ("0", "false", "no", "off")
 
@@ -119,3 +119,99 @@ def mean_std(values) -> dict:
     if not v:
         raise ValueError("values must not be empty")
     return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
+
+
+class Table:
+    """Rows shown as one table: HTML in a notebook or the built book, aligned text elsewhere.
+
+    Made by :func:`table`. A cell that ends with a ``Table`` shows a single output block, where a
+    loop of ``print`` calls (one per row, between training steps) becomes several."""
+
+    def __init__(self, rows, columns, caption, formats):
+        self.rows, self.columns, self.caption, self.formats = rows, columns, caption, formats
+
+    def _cells(self):
+        out = []
+        for row in self.rows:
+            cells = []
+            for c in self.columns:
+                v = row.get(c, "")
+                fmt = self.formats.get(c)
+                if v is None:
+                    cells.append("–")
+                elif fmt and isinstance(v, (int, float)):
+                    cells.append(format(v, fmt))
+                elif isinstance(v, float):
+                    cells.append(f"{v:.2f}")
+                elif isinstance(v, int) and not isinstance(v, bool):
+                    cells.append(f"{v:,}")
+                else:
+                    cells.append(str(v))
+            out.append(cells)
+        return out
+
+    @staticmethod
+    def _numeric(text: str) -> bool:
+        first = (text.replace(",", "").replace("%", "").replace("×", "").replace("±", " ").split() or [""])[0]
+        try:
+            float(first)
+            return True
+        except ValueError:
+            return False
+
+    def _right(self, cells) -> list:
+        """Columns whose every filled cell is a number are right-aligned."""
+        return [bool(cells) and all(self._numeric(r[i]) for r in cells if r[i] not in ("", "–"))
+                for i in range(len(self.columns))]
+
+    def __repr__(self) -> str:
+        cells = self._cells()
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(self.columns)]
+        right = self._right(cells)
+
+        def line(items):
+            return "  ".join(x.rjust(w) if r else x.ljust(w) for x, w, r in zip(items, widths, right)).rstrip()
+
+        lines = ([self.caption] if self.caption else []) + [line(self.columns), line(["-" * w for w in widths])]
+        return "\n".join(lines + [line(r) for r in cells])
+
+    def _repr_html_(self) -> str:
+        import html
+
+        cells = self._cells()
+        right = self._right(cells)
+
+        def td(tag, x, r):
+            return f'<{tag} style="text-align:{"right" if r else "left"}">{html.escape(x)}</{tag}>'
+
+        head = "".join(td("th", c, r) for c, r in zip(self.columns, right))
+        body = "".join("<tr>" + "".join(td("td", x, r) for x, r in zip(row, right)) + "</tr>" for row in cells)
+        cap = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
+        return (f'<table class="dk-table">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+
+
+def table(rows, columns=None, caption: str = "", formats=None) -> Table:
+    """One table from ``rows``: a list of dicts (``columns`` picks and orders the keys; default:
+    the first row's keys) or of lists (``columns`` names them). ``formats`` maps a column to a
+    format spec (``{"BLEU": ".1f"}``); floats default to two decimals, ints get thousands
+    separators, ``None`` shows as a dash."""
+    if isinstance(rows, dict) or not isinstance(rows, (list, tuple)):
+        raise TypeError(f"rows must be a list of dicts or of lists, got {type(rows).__name__}")
+    rows = list(rows)
+    if rows and all(isinstance(r, dict) for r in rows):
+        columns = list(columns) if columns is not None else list(rows[0])
+    elif all(isinstance(r, (list, tuple)) for r in rows):
+        if columns is None:
+            raise ValueError("columns must name the fields when rows are lists")
+        columns = list(columns)
+        bad = [i for i, r in enumerate(rows) if len(r) != len(columns)]
+        if bad:
+            raise ValueError(f"rows[{bad[0]}] has {len(rows[bad[0]])} fields, columns names {len(columns)}")
+        rows = [dict(zip(columns, r)) for r in rows]
+    else:
+        raise TypeError("rows must be all dicts or all lists")
+    formats = dict(formats or {})
+    unknown = [c for c in formats if c not in columns]
+    if unknown:
+        raise ValueError(f"formats names column(s) {unknown} that are not in columns {columns}")
+    return Table(rows, [str(c) for c in columns], caption, formats)
