@@ -216,7 +216,13 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("page", help="page, e.g. book/01_background.html")
     parser.add_argument("out", type=Path, help="PNG file to write")
     parser.add_argument("--width", type=int, default=1280, help="viewport width in pixels")
+    parser.add_argument("--html-dir", type=Path, default=None,
+                        help="the built book's html folder (default: _build/html of this checkout; "
+                             "for `jupyter-book build . --path-output DIR` give DIR/_build/html)")
     args = parser.parse_args(argv)
+    if args.html_dir is not None:
+        global HTML_DIR
+        HTML_DIR = args.html_dir.resolve()
 
     relative = _page_relative_path(args.page)
     with serve_directory(HTML_DIR) as base, start_chromium(width=args.width) as driver:
