@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_model
 from .data import DataToTextData, make_data_to_text
 from .decoding import greedy
-from .metrics import corpus_bleu, decoding_speed, perplexity, slot_error_rate
+from .metrics import corpus_bleu, decoding_speed, perplexity, repeated_ngram_rate, slot_error_rate
 from .models import count_parameters, make_model
 from .training import (
     CachedTeacherLogits,
@@ -78,7 +78,8 @@ def load_teacher(name: str = "d2t-teacher", path: Optional[Union[str, Path]] = N
 
 def evaluate_d2t(model: nn.Module, data: DataToTextData, split: str = "test", speed_inputs: int = 20,
                  new_tokens: int = 30, progress: bool = False, batch_size: int = 200) -> Dict[str, object]:
-    """Parameters, BLEU, slot error rate, perplexity (first reference) and batch-1 greedy tokens/s.
+    """Parameters, BLEU, slot error rate, repeated 4-gram rate (% of outputs that say a clause
+    twice), perplexity (first reference) and batch-1 greedy tokens/s.
 
     The split is decoded greedily in batches of ``batch_size`` inputs (as
     :func:`distilkit.metrics.bleu_and_ser` does); the speed is measured on its first
@@ -106,7 +107,8 @@ def evaluate_d2t(model: nn.Module, data: DataToTextData, split: str = "test", sp
             seconds += new_tokens / decoding_speed(model, [x], new_tokens)
             bar.update(1)
     return {"params": count_parameters(model), "bleu": round(corpus_bleu(outs, refs), 2),
-            "slot_error_rate": round(slot_error_rate(mrs, outs), 4), "perplexity": round(ppl, 3),
+            "slot_error_rate": round(slot_error_rate(mrs, outs), 4),
+            "repeated_4gram_pct": round(repeated_ngram_rate(outs), 2), "perplexity": round(ppl, 3),
             "tokens_per_s": round(len(speed_items) * new_tokens / seconds, 1), "outputs": outs}
 
 
@@ -184,11 +186,11 @@ class DemoResult:
 
     def table(self) -> str:
         """The three models side by side, followed by :data:`LEGEND` (what each column means)."""
-        head = f"{'model':<10}{'params':>10}{'BLEU':>8}{'SER %':>8}{'ppl':>8}{'tok/s':>9}"
+        head = f"{'model':<10}{'params':>10}{'BLEU':>8}{'SER %':>8}{'rep %':>7}{'ppl':>8}{'tok/s':>9}"
         rows = [head, "-" * len(head)]
         for name, m in self.models.items():
             rows.append(f"{name:<10}{m['params']:>10,}{m['bleu']:>8.2f}{100 * m['slot_error_rate']:>8.2f}"
-                        f"{m['perplexity']:>8.3f}{m['tokens_per_s']:>9.1f}")
+                        f"{m['repeated_4gram_pct']:>7.1f}{m['perplexity']:>8.3f}{m['tokens_per_s']:>9.1f}")
         return "\n".join(rows + [""] + LEGEND)
 
     def to_json(self) -> dict:
@@ -203,6 +205,8 @@ LEGEND = [
     "BLEU: n-gram overlap with the 8 references of each test input, 0-100, higher is better",
     "SER %: slot error rate, attribute values missing, wrong or added per 100 attributes of the inputs, "
     "lower is better",
+    "rep %: outputs that say a four-word phrase twice (a repeated clause), per 100 outputs; "
+    "0.4 for the references",
     "ppl: perplexity of the first reference under the model (teacher forcing), lower is better",
     "tok/s: greedy decoding speed, one input at a time, tokens per second on this machine",
 ]

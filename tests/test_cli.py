@@ -122,7 +122,8 @@ def test_train_generate_evaluate_end_to_end(tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     assert "evaluate (valid)" in r.stderr and "220/220" in r.stderr  # progress: 200 decoded + 20 timed
     res = json.loads(r.stdout)  # stdout is nothing but the JSON
-    assert {"bleu", "slot_error_rate_pct", "perplexity", "params", "tokens_per_s"} <= set(res)
+    assert {"bleu", "slot_error_rate_pct", "repeated_4gram_pct", "perplexity", "params", "tokens_per_s"} <= set(res)
+    assert 0 <= res["repeated_4gram_pct"] <= 100
     assert "slot_error_rate" not in res  # one unit on the command line: percent, labelled
     assert 0 <= res["bleu"] <= 100
     assert res["slot_error_rate_pct"] >= 0
@@ -355,8 +356,8 @@ def test_demo_json_good_path_reaches_the_run(tmp_path, monkeypatch):
 
 def test_demo_prints_a_legend_the_budget_and_percent(tmp_path, capsys, monkeypatch):
     def scores(bleu, ser):
-        return {"params": 1000, "bleu": bleu, "slot_error_rate": ser, "perplexity": 1.5, "tokens_per_s": 99.0,
-                "outputs": ["x"]}
+        return {"params": 1000, "bleu": bleu, "slot_error_rate": ser, "repeated_4gram_pct": 2.5,
+                "perplexity": 1.5, "tokens_per_s": 99.0, "outputs": ["x"]}
 
     fixed = dk.experiments.DemoResult(
         {"teacher": scores(85.0, 0.0125), "baseline": scores(40.0, 0.75), "student": scores(60.0, 0.4)},
@@ -366,7 +367,8 @@ def test_demo_prints_a_legend_the_budget_and_percent(tmp_path, capsys, monkeypat
     assert main(["demo", "--json", str(path), "--steps", "7", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "SER %" in out and " 1.25 " in out and " 75.00 " in out  # the table's unit: percent
-    for column in ("BLEU:", "SER %:", "ppl:", "tok/s:"):
+    assert "rep %" in out and " 2.5 " in out
+    for column in ("BLEU:", "SER %:", "rep %:", "ppl:", "tok/s:"):
         assert any(line.startswith(column) for line in out.splitlines()), f"no legend line for {column}"
     assert "budget: each student 7 steps of 64 examples" in out
     assert "SER -35.00 percentage points" in out
