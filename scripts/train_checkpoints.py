@@ -57,7 +57,7 @@ def d2t(threads):
                  valid_examples=data.encode_pairs(data.valid))
     info = {"params": count_parameters(model), "steps": cfg.steps, "seconds": round(time.time() - t, 1),
             "best_valid_loss": round(hist.best_valid_loss, 4), "threads": threads,
-            "train_pairs": len(data.teacher_train)}
+            "train_pairs": len(data.teacher_train), "slots": data.info["teacher_slots"]}
     save_model(model, OUT / "d2t-teacher.safetensors", data.tokenizer,
                extra={"recipe": D2T_TEACHER, "info": info, "history": hist.to_dict()})
     print(json.dumps(info))
