@@ -19,7 +19,9 @@ QUICK = "tests/test_benchmarks_quick.py::test_quick_mode_runs_and_its_checks_pas
 # approximate seconds of the slowest work units; the rest start afterwards, in collection order
 SLOW = {
     "book/04_code_example.ipynb": 165,
-    "book/05_challenges_and_future.ipynb": 120,
+    "book/05_exposure_bias.ipynb": 100,
+    "book/05_loss_memory.ipynb": 30,
+    "book/05_tokenizers.ipynb": 20,
     "tests/test_readme.py": 85,
     f"{QUICK}[student_size.py]": 70,
     f"{QUICK}[quality.py]": 60,
