@@ -58,8 +58,19 @@ def _toc_pages() -> list[str]:
     return re.findall(r"^\s*(?:-\s*)?(?:root|file)\s*:\s*([^\s#]+)", text, flags=re.M)
 
 
+def _toc_chapters() -> list[str]:
+    """The chapters themselves: _toc.yml's entries directly under ``chapters:``, not their
+    ``sections:`` (sub-pages of a chapter)."""
+    text = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+    indents = re.findall(r"^( *)chapters\s*:", text, flags=re.M)
+    found = []
+    for indent in set(indents):
+        found += re.findall(rf"^{indent}  - file\s*:\s*([^\s#]+)", text, flags=re.M)
+    return [p for p in _toc_pages() if p in found]
+
+
 PAGES = _toc_pages()
-CHAPTERS = [p for p in PAGES if re.match(r"book/\d\d_", p)]
+CHAPTERS = [p for p in PAGES if re.match(r"book/\d\d_", p)]  # chapters and their sub-pages
 
 
 def _load_browser_helpers():
@@ -370,7 +381,7 @@ def test_intro_identifies_the_source_article(rendered_pages):
     assert "The source article" in text and "Chinese" in text
     assert info["zhSpans"] >= 7, "the original headings should be in lang=\"zh\" spans"
     # chapters 1-6 follow the article's six sections (later chapters go beyond it)
-    for chapter in [c for c in CHAPTERS if re.match(r"book/0[1-6]_", c)]:
+    for chapter in [c for c in _toc_chapters() if re.match(r"book/0[1-6]_", c)]:
         assert f"{chapter.split('/')[-1]}.html" in info["links"], f"intro table lacks {chapter}"
 
 
