@@ -18,7 +18,7 @@ SPLIT = {"tests/test_benchmarks_quick.py"}
 QUICK = "tests/test_benchmarks_quick.py::test_quick_mode_runs_and_its_checks_pass"
 # approximate seconds of the slowest work units; the rest start afterwards, in collection order
 SLOW = {
-    "book/04_code_example.ipynb": 165,
+    "book/04_training_students.ipynb": 100,
     "book/05_exposure_bias.ipynb": 100,
     "book/05_loss_memory.ipynb": 30,
     "book/05_tokenizers.ipynb": 20,
