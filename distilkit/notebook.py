@@ -182,7 +182,8 @@ class Table:
         right = self._right(cells)
 
         def td(tag, x, r):
-            return f'<{tag} style="text-align:{"right" if r else "left"}">{html.escape(x)}</{tag}>'
+            style = "text-align:right;white-space:nowrap" if r else "text-align:left"  # numbers stay on one line
+            return f'<{tag} style="{style}">{html.escape(x)}</{tag}>'
 
         head = "".join(td("th", c, r) for c, r in zip(self.columns, right))
         body = "".join("<tr>" + "".join(td("td", x, r) for x, r in zip(row, right)) + "</tr>" for row in cells)
