@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,6 +122,11 @@ def mean_std(values) -> dict:
     return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
 
 
+_NUM = r"[+\-−]?\d[\d,]*(?:\.\d+)?"
+_NUMBER_CELL = re.compile(
+    rf"^{_NUM}\s*(?:%|×|x)?(?:\s*±\s*{_NUM}\s*%?)?(?:\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*\])?$")
+
+
 class Table:
     """Rows shown as one table: HTML in a notebook or the built book, aligned text elsewhere.
 
@@ -152,12 +158,8 @@ class Table:
 
     @staticmethod
     def _numeric(text: str) -> bool:
-        first = (text.replace(",", "").replace("%", "").replace("×", "").replace("±", " ").split() or [""])[0]
-        try:
-            float(first)
-            return True
-        except ValueError:
-            return False
+        """A number, with an optional unit (%, ×), spread (± 1.2) or interval ([-1.0, +2.0])."""
+        return bool(_NUMBER_CELL.match(text.strip()))
 
     def _right(self, cells) -> list:
         """Columns whose every filled cell is a number are right-aligned."""

@@ -66,3 +66,12 @@ def test_repeated_ngram_rate_of_the_references_is_low():
 def test_repeated_ngram_rate_refuses_bad_input(texts, n, error):
     with pytest.raises(error):
         dk.repeated_ngram_rate(texts, n=n)
+
+
+def test_table_right_aligns_numbers_only():
+    t = dk.notebook.table([{"student": "1 layer d64", "BLEU": "58.0 ± 3.8", "A - B": "+1.1 [-11.1, +13.3]"},
+                           {"student": "2 layers d64", "BLEU": "61.2 ± 1.0", "A - B": "–"}])
+    html = t._repr_html_()
+    assert '<td style="text-align:left">1 layer d64</td>' in html
+    assert '<td style="text-align:right;white-space:nowrap">58.0 ± 3.8</td>' in html
+    assert '<td style="text-align:right;white-space:nowrap">+1.1 [-11.1, +13.3]</td>' in html
