@@ -57,7 +57,8 @@ def test_readme_has_the_two_snippets():
 # what the README says the quickstart shows, with margins for another processor's kernels
 MIN_GAIN_BLEU = 8.0     # student BLEU - baseline BLEU
 MIN_GAIN_SER = 10.0     # baseline SER % - student SER %
-ROW = re.compile(r"^(teacher|baseline|student) +BLEU +([0-9.]+) +slot error rate +([0-9.]+) %$", re.M)
+ROW = re.compile(r"^(teacher|baseline|student) +BLEU +([0-9.]+) +slot error rate +([0-9.]+) % +repeats +([0-9.]+) %$",
+                 re.M)
 
 
 def test_quickstart_student_beats_the_baseline_at_the_same_budget(tmp_path):
@@ -66,7 +67,9 @@ def test_quickstart_student_beats_the_baseline_at_the_same_budget(tmp_path):
     r = run_snippet(code, tmp_path, timeout=3600)
     seconds = time.perf_counter() - start
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = {name: (float(bleu), float(ser)) for name, bleu, ser in ROW.findall(r.stdout)}
+    rows = {name: (float(bleu), float(ser)) for name, bleu, ser, _ in ROW.findall(r.stdout)}
+    repeats = {name: float(rep) for name, _, _, rep in ROW.findall(r.stdout)}
+    assert all(0 <= v <= 100 for v in repeats.values()), repeats
     assert list(rows) == ["teacher", "baseline", "student"], r.stdout
     print(f"\nREADME quickstart: {rows}, {seconds:.0f} s wall")
     (t_bleu, t_ser), (b_bleu, b_ser), (s_bleu, s_ser) = rows["teacher"], rows["baseline"], rows["student"]
@@ -97,10 +100,18 @@ def test_readme_teacher_facts_match_the_shipped_checkpoints(capsys):
     assert f"{dk.count_parameters(teacher):,} parameters" in section
     assert f"**{len(tok)} entries**" in section and f"{len(tok) - 4} lower-cased words" in section
     assert re.findall(r"`(\w+)` \((?:\d+)", section) == list(ATTRIBUTES)
+    flat = " ".join(section.split())
+    lo, hi = meta["extra"]["info"]["slots"]  # what the shipped teacher was trained on
+    assert [lo, hi] == dk.make_data_to_text(num_teacher_train=0).info["teacher_slots"]
+    assert f"DataToTextTask(min_slots={lo}, max_slots={hi})" in flat and f"{lo} to {hi} further attributes" in flat
     task = DataToTextTask()
-    assert f"DataToTextTask(min_slots={task.min_slots}, max_slots={task.max_slots})" in section
-    assert f"{task.min_slots} to {task.max_slots} further attributes" in section
+    assert f"splits keep {task.min_slots} to {task.max_slots} attributes (`DataToTextTask()`)" in flat
     assert f"on {meta['extra']['info']['train_pairs']:,} generated pairs" in section
+    coverage = json.loads((README.parent / "results" / "teacher_coverage.json").read_text())
+    before, shipped = coverage["runs"]
+    assert {v["ser"] for v in shipped["by_size"].values()} == {0.0} and "slot error rate is 0.0 % at every size" in flat
+    assert f"erred on {before['by_size']['1']['ser']:.1f} % of the attributes" in flat
+    assert f"invented attributes in {before['by_size']['1']['invented_pct']:.1f} %" in flat
     _, lm_tok, _ = dk.experiments.load_teacher("d2t-lm-teacher")
     _, char_tok, _ = dk.experiments.load_teacher("lm-teacher")
     assert f"{len(lm_tok)} entries" in section and f"({len(char_tok)} characters)" in section
