@@ -85,6 +85,7 @@ _EXPORTS = {
     "load_tokenizer": "data",
     "make_data_to_text": "data",
     # generate
+    "beam_candidates": "decoding",
     "beam_search": "decoding",
     "generate": "decoding",
     "greedy": "decoding",
@@ -111,6 +112,8 @@ _EXPORTS = {
     "perplexity": "metrics",
     "slot_error_rate": "metrics",
     "repeated_ngram_rate": "metrics",
+    "self_bleu": "metrics",
+    "sentence_bleu": "metrics",
     "slot_errors": "metrics",
     # models
     "PRESETS": "models",
@@ -183,7 +186,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
     )
     from .experiments import load_teacher
     from .layerinit import init_from_teacher
-    from .decoding import beam_search, generate, greedy, sample
+    from .decoding import beam_candidates, beam_search, generate, greedy, sample
     from .losses import (
         DIVERGENCES,
         chunked_distillation_loss,
@@ -206,6 +209,8 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see; keep in step with _
         decoding_speed,
         perplexity,
         repeated_ngram_rate,
+        self_bleu,
+        sentence_bleu,
         slot_error_rate,
         slot_errors,
     )

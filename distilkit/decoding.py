@@ -140,7 +140,6 @@ def sample(
     return [_cut(r, eos) for r in rows]
 
 
-@torch.no_grad()
 def beam_search(
     model,
     inputs: Sequence[Sequence[int]],
@@ -150,7 +149,26 @@ def beam_search(
 ) -> List[List[int]]:
     """Beam search; finished hypotheses are ranked by ``log p / length ** length_penalty``.
 
-    Returns the best hypothesis per input (without ``<eos>``).
+    Returns the best hypothesis per input (without ``<eos>``); :func:`beam_candidates` returns
+    all of them.
+    """
+    ranked = beam_candidates(model, inputs, max_new_tokens, beam_size, length_penalty)
+    return [hyps[0] if hyps else [] for hyps in ranked]
+
+
+@torch.no_grad()
+def beam_candidates(
+    model,
+    inputs: Sequence[Sequence[int]],
+    max_new_tokens: int = 60,
+    beam_size: int = 4,
+    length_penalty: float = 1.0,
+) -> List[List[List[int]]]:
+    """The finished hypotheses of a beam search (as :func:`beam_search`), per input, best first.
+
+    Each input gets at most ``beam_size`` hypotheses (without ``<eos>``), ranked by
+    ``log p / length ** length_penalty``; the first is what :func:`beam_search` returns. Used,
+    for example, to pick the candidate closest to a reference (Kim & Rush's Seq-Inter).
     """
     adapter = _check_common(model, inputs, max_new_tokens)
     model = adapter.model
@@ -209,7 +227,7 @@ def beam_search(
             logp = logits.float().log_softmax(-1)
     finally:
         model.train(was_training)
-    return [max(fin, key=lambda f: f[0])[1] if fin else [] for fin in finished]
+    return [[hyp for _, hyp in sorted(fin, key=lambda f: f[0], reverse=True)[:k]] for fin in finished]
 
 
 def generate(model, inputs: Sequence[Sequence[int]], method: str = "greedy", **kwargs) -> List[List[int]]:

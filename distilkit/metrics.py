@@ -60,6 +60,26 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) 
     return float(sacrebleu.corpus_bleu(list(hypotheses), streams, tokenize="13a").score)
 
 
+def sentence_bleu(hypothesis: str, references: Sequence[str]) -> float:
+    """BLEU of one hypothesis against its references (sacreBLEU's sentence BLEU: 13a
+    tokenisation, exponential smoothing of zero n-gram counts), in [0, 100]."""
+    import sacrebleu
+
+    if not isinstance(hypothesis, str):
+        raise TypeError(f"hypothesis must be a string, got {type(hypothesis).__name__}")
+    if isinstance(references, str) or len(references) == 0:
+        raise ValueError("references must be a non-empty list of strings")
+    return float(sacrebleu.sentence_bleu(hypothesis, list(references), tokenize="13a").score)
+
+
+def self_bleu(texts: Sequence[str]) -> float:
+    """Self-BLEU (Zhu et al., 2018, Texygen): each text's sentence BLEU against all the others
+    as references, averaged. Higher means the texts resemble one another (less diverse)."""
+    if isinstance(texts, str) or len(texts) < 2:
+        raise ValueError("texts must be a list of at least 2 strings")
+    return sum(sentence_bleu(t, list(texts[:i]) + list(texts[i + 1:])) for i, t in enumerate(texts)) / len(texts)
+
+
 @dataclass
 class SlotErrors:
     """Counts for the slot error rate (Wen et al., 2015): ``(missing + wrong + added) / slots``."""

@@ -18,6 +18,7 @@ from distilkit import (  # noqa: E402
     TrainConfig,
     TransformerConfig,
     TransformerLM,
+    beam_candidates,
     beam_search,
     collate_lm,
     collate_seq2seq,
@@ -256,6 +257,19 @@ def test_beam_search_does_not_depend_on_the_batch(decoding_models):
         together = beam_search(m, inputs, max_new_tokens=10, beam_size=3)
         alone = [beam_search(m, [x], max_new_tokens=10, beam_size=3)[0] for x in inputs]
         assert together == alone
+
+
+def test_beam_candidates_are_ranked_and_their_first_is_the_beam_search_output(trained):
+    m, inputs = trained[0][1], trained[0][2]
+    ranked = beam_candidates(m, inputs, max_new_tokens=10, beam_size=3)
+    assert [c[0] for c in ranked] == beam_search(m, inputs, max_new_tokens=10, beam_size=3)
+    several = 0
+    for src, cands in zip(inputs, ranked):
+        assert 1 <= len(cands) <= 3
+        scores = [normalised_score(m, src, c, 10) for c in cands]
+        assert all(a >= b - 1e-5 for a, b in zip(scores, scores[1:]))
+        several += len({tuple(c) for c in cands}) > 1
+    assert several > 0  # some inputs do get more than one distinct candidate
 
 
 def normalised_score(m, src, hyp, max_new, length_penalty=1.0):

@@ -1,4 +1,5 @@
-"""dk.notebook.table (one table per output) and dk.repeated_ngram_rate (a repeated clause)."""
+"""dk.notebook.table (one table per output), dk.repeated_ngram_rate (a repeated clause), and sentence BLEU /
+ self-BLEU."""
 from __future__ import annotations
 
 import re
@@ -75,3 +76,19 @@ def test_table_right_aligns_numbers_only():
     assert '<td style="text-align:left">1 layer d64</td>' in html
     assert '<td style="text-align:right;white-space:nowrap">58.0 ± 3.8</td>' in html
     assert '<td style="text-align:right;white-space:nowrap">+1.1 [-11.1, +13.3]</td>' in html
+
+
+def test_sentence_bleu_and_self_bleu():
+    assert dk.sentence_bleu("the cat sat on the mat", ["the cat sat on the mat"]) == pytest.approx(100.0)
+    assert dk.sentence_bleu("a b c d", ["w x y z"]) < 5
+    texts = ["the cat sat on the mat", "the cat sat on a mat", "a dog ran far away"]
+    # the mean of each text's sentence BLEU against the others (Texygen), not a corpus score
+    each = [dk.sentence_bleu(t, [o for o in texts if o is not t]) for t in texts]
+    assert dk.self_bleu(texts) == pytest.approx(sum(each) / 3)
+    assert dk.self_bleu(["same words here"] * 3) == pytest.approx(100.0)
+    assert dk.self_bleu(texts) != pytest.approx(dk.corpus_bleu(texts, [[o for o in texts if o is not t]
+                                                                       for t in texts]))
+    with pytest.raises(ValueError, match="at least 2"):
+        dk.self_bleu(["alone"])
+    with pytest.raises(ValueError, match="references"):
+        dk.sentence_bleu("x", [])
