@@ -18,8 +18,8 @@ import torch
 from .stats import Comparison, compare, holm  # the book's decision rule, defined in distilkit.stats
 from .training import resolve_device
 
-__all__ = ["NotebookSetup", "setup", "progress_wanted", "load_results", "metric_by_method", "mean_std", "Comparison",
-           "compare", "holm", "table", "Table"]
+__all__ = ["NotebookSetup", "setup", "progress_wanted", "load_results", "metric_by_method", "mean_std", "mean_sd",
+           "interval", "Comparison", "compare", "holm", "table", "Table"]
 
 _FALSE = ("0", "false", "no", "off")
 
@@ -120,6 +120,18 @@ def mean_std(values) -> dict:
     if not v:
         raise ValueError("values must not be empty")
     return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
+
+
+def mean_sd(values, digits: int = 1) -> str:
+    """``"58.1 ± 1.6"``: the mean ± sample standard deviation of per-seed values, as the book
+    prints them."""
+    m = mean_std(values)
+    return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}"
+
+
+def interval(c: Comparison, digits: int = 1) -> str:
+    """``"+1.9 [-1.0, +4.7]"``: a comparison's mean per-seed difference and its interval."""
+    return f"{c.effect:+.{digits}f} [{c.low:+.{digits}f}, {c.high:+.{digits}f}]"
 
 
 _NUM = r"[+\-−]?\d[\d,]*(?:\.\d+)?"

@@ -56,6 +56,15 @@ def test_metric_by_method_orders_values_by_seed():
     assert metric_by_method(runs, "bleu") == {"a": [1.0, 2.0, 3.0], "teacher": [9.0]}
 
 
+def test_mean_sd_and_interval_format_as_the_book_prints_them():
+    from distilkit.notebook import compare, interval, mean_sd
+
+    assert mean_sd([1.0, 2.0, 3.0]) == "2.0 ± 1.0" and mean_sd([5], digits=2) == "5.00 ± 0.00"
+    c = compare([3.0, 5.0, 4.0, 6.0], [1.0, 2.0, 2.0, 2.0])  # differences 2, 3, 2, 4
+    assert interval(c) == f"+2.8 [{c.low:+.1f}, {c.high:+.1f}]" and c.low > 0
+    assert interval(compare([1.0, 2.0, 1.5], [2.0, 2.5, 2.6]), digits=2).startswith("-0.87 [")
+
+
 def test_mean_std_is_the_sample_spread():
     from distilkit.notebook import mean_std
 
@@ -65,7 +74,7 @@ def test_mean_std_is_the_sample_spread():
         mean_std([])
 
 
-@pytest.mark.parametrize("name", ["quality", "quality_1000", "lm_divergences", "teacher_size", "student_size",
+@pytest.mark.parametrize("name", ["controls", "quality", "quality_1000", "lm_divergences", "teacher_size", "student_size",
                                   "temperature_alpha", "cross_tokenizer", "hidden_states", "topk_cache"])
 def test_results_files_pair_every_method_by_seed(name):
     """The paired rule needs, for every method measured over seeds, one run per seed of the file's
@@ -77,3 +86,25 @@ def test_results_files_pair_every_method_by_seed(name):
             seeds.setdefault((r["method"], r.get("top_k")), []).append(r["seed"])
     assert len(seeds) >= 2
     assert {k: sorted(v) for k, v in seeds.items()} == {k: sorted(doc["seeds"]) for k in seeds}
+
+
+def test_controls_makes_every_choice_on_validation_data():
+    """benchmarks/controls.py: the learning rate of each method comes from its tuning runs (a seed
+    that is not an evaluation seed, validation BLEU only), each run's checkpoint is its earliest
+    best on the validation curve, and the comparisons and the primary metric are in the file."""
+    doc = load_results("controls")
+    assert doc["primary_metric"] == "bleu" and len(doc["comparisons"]) >= 5
+    assert len(doc["seeds"]) >= 5 and doc["tuning"]["seed"] not in doc["seeds"]
+    every, most = doc["setup"]["every"], doc["setup"]["max_steps"]
+    for r in doc["runs"]:
+        if r["method"] == "teacher":
+            continue
+        assert [s for s, _ in r["valid_curve"]] == list(range(every, most + 1, every))
+        best = max(v for _, v in r["valid_curve"])
+        assert r["selected_step"] == min(s for s, v in r["valid_curve"] if v == best)
+        assert r["valid_bleu"] == best and r["lr"] == doc["tuning"]["chosen"][r["method"]]
+    for method, lr in doc["tuning"]["chosen"].items():
+        rows = [t for t in doc["tuning"]["runs"] if t["method"] == method]
+        assert sorted(t["lr"] for t in rows) == sorted(doc["tuning"]["lrs"])
+        assert lr == max(rows, key=lambda t: (t["valid_bleu"], -t["lr"]))["lr"]
+        assert all("bleu" not in t for t in rows)  # the tuning runs never decoded the test split
