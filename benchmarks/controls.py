@@ -149,25 +149,22 @@ def scores(ctx, model, items) -> dict:
             "repeat": round(dk.repeated_ngram_rate(outs), 2)}
 
 
-def run(ctx, method: str, seed: int, lr: float, max_steps: int, every: int, preset: str, batch_size: int,
-        valid_items: int, test_items: int, test: bool = True) -> dict:
-    """Train ``method`` with ``seed``; select the checkpoint by validation BLEU; test it once."""
-    import torch
-
+def train_selected(ctx, student, examples, targets, seed: int, lr: float, max_steps: int, every: int,
+                   batch_size: int, valid_items: int):
+    """Train ``student`` (in place) for ``max_steps`` steps with a checkpoint every ``every``; put
+    back the weights of the checkpoint with the best validation BLEU (ties: the earlier one).
+    Returns (selected step, its validation BLEU, the validation curve, training seconds)."""
     from distilkit.checkpoint import read_checkpoint
     from distilkit.training.resume import checkpoint_files
 
     dk, data = ctx["dk"], ctx["data"]
-    examples, kd = examples_for(ctx, method)
     folder = Path(tempfile.mkdtemp(prefix="dk-controls-"))
     try:
         cfg = dk.TrainConfig(steps=max_steps, batch_size=batch_size, lr=lr, warmup_steps=min(50, max_steps // 5),
                              seed=seed, progress=False, device="cpu", checkpoint_dir=str(folder),
                              checkpoint_every=every, keep_checkpoints=max_steps // every + 1, resume=False)
-        torch.manual_seed(seed)
-        student = dk.make_model(preset, len(data.tokenizer))
         t = time.perf_counter()
-        dk.train(student, examples, config=cfg, targets=dk.CachedTeacherLogits(kd) if kd else None)
+        dk.train(student, examples, config=cfg, targets=targets)
         seconds = time.perf_counter() - t
         curve, best = [], None
         for step, path in checkpoint_files(folder):
@@ -180,8 +177,22 @@ def run(ctx, method: str, seed: int, lr: float, max_steps: int, every: int, pres
         student.load_state_dict(best[2])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    return best[0], best[1], curve, seconds
+
+
+def run(ctx, method: str, seed: int, lr: float, max_steps: int, every: int, preset: str, batch_size: int,
+        valid_items: int, test_items: int, test: bool = True) -> dict:
+    """Train ``method`` with ``seed``; select the checkpoint by validation BLEU; test it once."""
+    import torch
+
+    dk, data = ctx["dk"], ctx["data"]
+    examples, kd = examples_for(ctx, method)
+    torch.manual_seed(seed)
+    student = dk.make_model(preset, len(data.tokenizer))
+    step, valid, curve, seconds = train_selected(ctx, student, examples, dk.CachedTeacherLogits(kd) if kd else None,
+                                                 seed, lr, max_steps, every, batch_size, valid_items)
     out = {"seed": seed, "method": method, "lr": lr, "params": dk.count_parameters(student),
-           "examples": len(examples), "selected_step": best[0], "valid_bleu": best[1], "valid_curve": curve,
+           "examples": len(examples), "selected_step": step, "valid_bleu": valid, "valid_curve": curve,
            "train_seconds": round(seconds, 1)}
     if test:
         out.update(scores(ctx, student, data.test[:test_items]))
