@@ -29,7 +29,6 @@ student itself is scored too (``warm start``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
