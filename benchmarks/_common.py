@@ -11,8 +11,9 @@ import os
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -90,3 +91,26 @@ def merge_results(paths, out: Path, metrics, shared=("teacher", "held-out text")
     extra = {k: docs[0][k] for k in first if k in docs[0]}
     return write_results(out, seeds, runs, summary={m: summarise(runs, m) for m in metrics},
                          setup=docs[0]["setup"], commands=[d["command"] for d in docs], **extra)
+
+
+# the data-to-text metrics, as every data-to-text benchmark records them
+D2T_METRICS = {"bleu": "corpus BLEU, greedy decoding, 8 references per test input",
+               "ser": "slot error rate (%)",
+               "repeat": "repeated 4-gram rate: % of outputs that repeat a word 4-gram (0.4% on the references)"}
+
+
+def kept(path: Optional[Path], make: Callable, key: str = "value") -> Tuple[object, float]:
+    """``(make(), seconds it took)``, kept in ``path`` (JSON, written atomically) when a path is
+    given, and read back from it by later runs (with the seconds of the run that made it)."""
+    if path is not None and path.is_file():
+        doc = json.loads(path.read_text())
+        return doc[key], doc["seconds"]
+    t = time.perf_counter()
+    value = make()
+    seconds = round(time.perf_counter() - t, 1)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"seconds": seconds, key: value}))
+        os.replace(tmp, path)
+    return value, seconds

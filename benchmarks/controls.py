@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
-from _common import RESULTS, check, summarise, write_results  # noqa: E402
+from _common import D2T_METRICS, RESULTS, check, kept, summarise, write_results  # noqa: E402
 
 SAME = ["baseline", "word KD, same inputs", "seq KD, same inputs", "seq-inter, same inputs",
         "word + seq KD, same inputs"]
@@ -80,19 +80,7 @@ def load(num_transfer: int, progress: bool, work=None, train_items=None):
     ctx = {"dk": dk, "data": data, "teacher": teacher, "train": train, "teacher_seconds": {}}
 
     def saved(name, make):
-        path = Path(work) / f"{name}.json" if work else None
-        if path and path.is_file():
-            doc = json.loads(path.read_text())
-            ctx["teacher_seconds"][name] = doc["seconds"]
-            return doc["value"]
-        t = time.perf_counter()
-        value = make()
-        ctx["teacher_seconds"][name] = round(time.perf_counter() - t, 1)
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"seconds": ctx["teacher_seconds"][name], "value": value}))
-            tmp.replace(path)
+        value, ctx["teacher_seconds"][name] = kept(Path(work) / f"{name}.json" if work else None, make)
         return value
 
     inputs = data.encode_inputs([mr for mr, _ in train])
@@ -336,9 +324,7 @@ def main() -> None:
     write_results(a.out, seeds, runs, threads=a.threads,
                   summary={k: summarise(runs, k) for k in ("bleu", "ser", "repeat", "selected_step")},
                   primary_metric="bleu",
-                  metric_definitions={"bleu": "corpus BLEU, greedy decoding, 8 references per test input",
-                                      "ser": "slot error rate (%)",
-                                      "repeat": "repeated 4-gram rate: % of outputs that repeat a word 4-gram",
+                  metric_definitions={**D2T_METRICS,
                                       "selection": "checkpoint with the best validation BLEU (200 pairs, "
                                                    "1 reference each), every --every steps"},
                   comparisons=[{"a": x, "b": y, "isolates": why} for x, y, why in COMPARISONS],

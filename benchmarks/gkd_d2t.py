@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
-from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
+from _common import D2T_METRICS, RESULTS, check, merge_results, summarise, write_results  # noqa: E402
 from controls import load, scores, train_selected  # noqa: E402
 
 DIVS = {"JSD(0.1)": ("jsd", 0.1), "JSD(0.9)": ("jsd", 0.9), "reverse KL": ("reverse_kl", 0.5)}
@@ -131,9 +131,7 @@ def main() -> None:
     write_results(a.out, seeds, runs, threads=a.threads,
                   summary={k: summarise(runs, k) for k in ("bleu", "ser", "repeat", "cpu_seconds")},
                   primary_metric="bleu",
-                  metric_definitions={"bleu": "corpus BLEU, greedy decoding, 8 references per test input",
-                                      "ser": "slot error rate (%)",
-                                      "repeat": "repeated 4-gram rate (%)",
+                  metric_definitions={**D2T_METRICS,
                                       "cpu_seconds": "CPU time of the extra steps, validation decoding included"},
                   setup={"steps": a.steps, "every": a.every, "lr": a.lr, "batch_size": a.batch_size,
                          "warm": {"lr": WARM_LR, "max_steps": a.warm_steps, "every": a.warm_every},

@@ -27,14 +27,13 @@ parameters, training seconds. ``teacher`` is evaluated once (it has no seed).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
-from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
+from _common import D2T_METRICS, RESULTS, check, kept, merge_results, summarise, write_results  # noqa: E402
 
 METHODS = ["baseline", "word KD, same inputs", "seq KD, greedy", "seq KD, beam 5", "word + seq KD",
            "word + seq KD, soft only", "more human data"]
@@ -56,19 +55,8 @@ def load(num_transfer: int, methods, progress: bool, work=None):
 
     def labels(name, make):
         path = Path(work) / f"{name}-{num_transfer}.json" if work else None
-        if path and path.is_file():
-            saved = json.loads(path.read_text())
-            ctx["teacher_seconds"][name] = saved["seconds"]
-            return [(list(x), list(y)) for x, y in saved["pairs"]]
-        t = time.perf_counter()
-        pairs = make()
-        ctx["teacher_seconds"][name] = round(time.perf_counter() - t, 1)
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"seconds": ctx["teacher_seconds"][name], "pairs": pairs}))
-            tmp.replace(path)
-        return pairs
+        pairs, ctx["teacher_seconds"][name] = kept(path, make, key="pairs")
+        return [(list(x), list(y)) for x, y in pairs]
 
     ctx["greedy"] = labels("greedy", lambda: dk.experiments.transfer_set(teacher, data, num_transfer,
                                                                          progress=progress))
@@ -205,10 +193,7 @@ def main() -> None:
     write_results(a.out, seeds, runs, threads=a.threads,
                   summary={k: summarise(runs, k) for k in ("bleu", "ser", "repeat")},
                   primary_metric="bleu",
-                  metric_definitions={"bleu": "corpus BLEU, greedy decoding, 8 references per test input",
-                                      "ser": "slot error rate (%)",
-                                      "repeat": "repeated 4-gram rate: % of outputs that repeat a word 4-gram "
-                                                "(0.4% on the references)"},
+                  metric_definitions=D2T_METRICS,
                   setup={"steps": steps, "lr": a.lr, "batch_size": batch_size, "labelled_pairs": len(ctx["labelled"]),
                          "transfer_inputs": num_transfer, "student": a.student, "test_inputs": test_items,
                          "temperature": 1.0, "teacher_decoding_seconds": ctx["teacher_seconds"]})
