@@ -16,10 +16,11 @@ continuations of the window's first half, scored by the live teacher).
 
 Per (method, seed): held-out perplexity (teacher forcing on the last 10% of the text); the
 teacher's per-character NLL of the student's samples (32 held-out prompts of 16 characters,
-48 sampled characters at temperature 1 -- 64 in all, the models' training window -- with the
-same sampling seed for every method); distinct-2
-(distinct word bigrams / all bigrams over the samples) and self-BLEU (each sample against the
-other 31); training wall and CPU seconds. Rows "teacher" and "held-out text" give the same
+48 sampled characters at temperature 1 -- 64 in all, the models' training window); distinct-2
+(distinct word bigrams / all bigrams over the samples) and self-BLEU (Texygen's: the mean
+sentence BLEU of each sample against the other 31), each the mean over three sampling draws
+whose seeds (``DRAWS``) are the same for every method and every training seed, so sampling
+noise does not ride on the training seed; training wall and CPU seconds. Rows "teacher" and "held-out text" give the same
 sample metrics for the teacher's own samples and for the real continuations.
 
 Decoding speed of the pair, measured in one run: greedy with the KV cache, 100 new tokens,
@@ -49,6 +50,7 @@ ON_POLICY = {"on-policy JSD(0.5)": dict(divergence="jsd", beta=0.5)}
 HARD = {"hard labels (10% text)": "small", "hard labels (all text)": "all"}
 METHODS = [*HARD, *OFF_POLICY, *ON_POLICY]
 PROMPT, NEW, SAMPLES = 16, 48, 32  # 64 characters: no position beyond the training window
+DRAWS = (10_000, 10_001, 10_002)  # sampling seeds, the same for every training seed and method
 
 
 def load(block: int, small_fraction: float, teacher_path=None):
@@ -71,35 +73,44 @@ def load(block: int, small_fraction: float, teacher_path=None):
     }
 
 
-def sample_metrics(ctx, model, seed: int) -> dict:
-    """Samples of ``model`` from the shared prompts, scored by the teacher and for diversity."""
+def sample_metrics(ctx, model, seed: int, draws=None) -> dict:
+    """Samples of ``model`` from the shared prompts, scored by the teacher and for diversity.
+
+    ``draws``: sampling seeds, the same for every model and training seed (the sampling noise
+    is then independent of the training seed); each metric is the mean over the draws, and
+    the stored samples are the first draw's. None: one draw with seed 1000 + ``seed`` (the
+    older scripts' rule)."""
     import torch
 
     dk, tok, teacher = ctx["dk"], ctx["tok"], ctx["teacher"]
     prompts = [p[:PROMPT] for p in ctx["prompts"]]
-    if model is None:  # the real continuations
-        conts = [p[PROMPT:] for p in ctx["prompts"]]
-    else:
-        g = torch.Generator().manual_seed(1000 + seed)
-        conts = dk.sample(model, prompts, max_new_tokens=NEW, temperature=1.0, generator=g)
-    windows = [p + c for p, c in zip(prompts, conts) if c]
-    batch = dk.collate_lm(windows)
-    batch.labels[:, : PROMPT - 1] = dk.IGNORE_INDEX  # score the continuation only
-    with torch.no_grad():
-        logits = teacher(batch)
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                            batch.labels.reshape(-1), ignore_index=dk.IGNORE_INDEX)
-    texts = [tok.decode(c) for c in conts]
-    bigrams, distinct = 0, set()
-    for t in texts:
-        words = t.split()
-        pairs = list(zip(words, words[1:]))
-        bigrams += len(pairs)
-        distinct.update(pairs)
-    self_bleu = dk.self_bleu(texts)  # mean sentence BLEU of each sample against the others
-    return {"teacher_nll": round(float(nll), 4), "distinct_2": round(len(distinct) / max(bigrams, 1), 4),
-            "self_bleu": round(self_bleu, 2), "samples": [tok.decode(prompts[i]) + " || " + texts[i]
-                                                          for i in range(3)]}
+    draws = [1000 + seed] if draws is None else list(draws)
+    scores, first = [], None
+    for draw in ([None] if model is None else draws):
+        if model is None:  # the real continuations
+            conts = [p[PROMPT:] for p in ctx["prompts"]]
+        else:
+            g = torch.Generator().manual_seed(draw)
+            conts = dk.sample(model, prompts, max_new_tokens=NEW, temperature=1.0, generator=g)
+        windows = [p + c for p, c in zip(prompts, conts) if c]
+        batch = dk.collate_lm(windows)
+        batch.labels[:, : PROMPT - 1] = dk.IGNORE_INDEX  # score the continuation only
+        with torch.no_grad():
+            logits = teacher(batch)
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                batch.labels.reshape(-1), ignore_index=dk.IGNORE_INDEX)
+        texts = [tok.decode(c) for c in conts]
+        bigrams, distinct = 0, set()
+        for t in texts:
+            words = t.split()
+            pairs = list(zip(words, words[1:]))
+            bigrams += len(pairs)
+            distinct.update(pairs)
+        # self-BLEU: the mean sentence BLEU of each sample against the others (Texygen)
+        scores.append((float(nll), len(distinct) / max(bigrams, 1), dk.self_bleu(texts)))
+        first = first or [tok.decode(prompts[i]) + " || " + texts[i] for i in range(3)]
+    nll, d2, sb = (statistics.fmean(v) for v in zip(*scores))
+    return {"teacher_nll": round(nll, 4), "distinct_2": round(d2, 4), "self_bleu": round(sb, 2), "samples": first}
 
 
 def cached_logits(ctx, teacher=None, key: str = "shipped"):
@@ -141,7 +152,7 @@ def run(ctx, method: str, seed: int, steps: int, lr: float) -> dict:
     student, seconds, cpu_seconds = train_lm_student(ctx, seed, steps, lr, examples, targets)
     row = {"seed": seed, "method": method, "params": dk.count_parameters(student), "steps": steps,
            "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
-           "perplexity": round(dk.perplexity(student, ctx["held"]), 4), **sample_metrics(ctx, student, seed)}
+           "perplexity": round(dk.perplexity(student, ctx["held"]), 4), **sample_metrics(ctx, student, seed, DRAWS)}
     ctx.setdefault("students", {})[method, seed] = student
     return row
 
@@ -256,6 +267,9 @@ def main() -> None:
     ap.add_argument("--speed-only", action="store_true",
                     help="measure only the decoding speed (a fresh lm-student: the speed does not depend "
                          "on the weights) and store it, with this command, in --out's \"speed\"")
+    ap.add_argument("--no-speed", action="store_true",
+                    help="skip the decoding speed (for per-seed runs on a busy machine; measure it with "
+                         "--speed-only on a quiet one)")
     a = ap.parse_args()
     if a.speed_only:
         import json
@@ -288,9 +302,9 @@ def main() -> None:
           f"student windows {len(ctx['small'])} (10% text) / {len(ctx['all'])} (all)")
     runs = []
     for seed in seeds:
-        runs.append({"seed": seed, "method": "held-out text", **sample_metrics(ctx, None, seed)})
+        runs.append({"seed": seed, "method": "held-out text", **sample_metrics(ctx, None, seed, DRAWS)})
         runs.append({"seed": seed, "method": "teacher", "params": dk.count_parameters(ctx["teacher"]),
-                     "perplexity": round(teacher_ppl, 4), **sample_metrics(ctx, ctx["teacher"], seed)})
+                     "perplexity": round(teacher_ppl, 4), **sample_metrics(ctx, ctx["teacher"], seed, DRAWS)})
         for m in methods:
             # quick mode: the on-policy student (sampling at every other step) only has to run
             runs.append(run(ctx, m, seed, min(steps, 30) if a.quick and m in ON_POLICY else steps, a.lr))
@@ -299,10 +313,12 @@ def main() -> None:
                   f"distinct-2 {r['distinct_2']:.3f}  self-BLEU {r['self_bleu']:.1f}  {r['steps']} steps  "
                   f"{r['train_seconds']:.0f} s", flush=True)
     ref = next(m for m in ("forward KL", *methods) if (m, seeds[0]) in ctx["students"])
-    spd = speed(ctx, ctx["students"][ref, seeds[0]], reps=1 if a.quick else 7, new=30 if a.quick else 100)
+    spd = None if a.no_speed and not a.quick else speed(ctx, ctx["students"][ref, seeds[0]], reps=1 if a.quick else 7,
+                                                        new=30 if a.quick else 100)
     print_table(runs)
-    print(f"\ndecoding (greedy, KV cache): student {spd['student_params_pct_of_teacher']}% of the teacher's "
-          f"parameters; speed-up {spd['speedup_batch1']}x at batch 1, {spd['speedup_batch32']}x at batch 32")
+    if spd is not None:
+        print(f"\ndecoding (greedy, KV cache): student {spd['student_params_pct_of_teacher']}% of the teacher's "
+              f"parameters; speed-up {spd['speedup_batch1']}x at batch 1, {spd['speedup_batch32']}x at batch 32")
     if a.quick:
         by = {r["method"]: r for r in runs}
         problems: list = []
@@ -315,7 +331,7 @@ def main() -> None:
         check(spd["speedup_batch1"] > 1.0, "the student decodes faster than the teacher at batch 1", problems)
         sys.exit(1 if problems else 0)
     summary = {k: summarise(runs, k) for k in ("perplexity", "teacher_nll", "distinct_2", "self_bleu")}
-    write_results(a.out, seeds, runs, threads=a.threads, speed=spd, summary=summary,
+    write_results(a.out, seeds, runs, threads=a.threads, **({} if spd is None else {"speed": spd}), summary=summary,
                   setup={"steps": steps, "lr": a.lr, "block": a.block, "batch_size": 32,
                          "small_fraction": a.small_fraction, "small_windows": len(ctx["small"]),
                          "all_windows": len(ctx["all"]), "held_out_windows": len(ctx["held"]),
