@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's distilkit
 sys.path.insert(0, str(ROOT / "scripts"))
-from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
+from _common import RESULTS, check, summarise, write_results  # noqa: E402
 from lm_divergences import cached_logits, load  # noqa: E402
 from teacher_size import get_teacher  # noqa: E402
 from train_checkpoints import LM_TEACHER  # noqa: E402
@@ -55,7 +55,8 @@ TEACHERS = {"small teacher": "1 layer d64", "medium teacher": "2 layers d96",
 STUDENTS = {"student d32": dict(n_layers=1, d_model=32), "student d64": dict(n_layers=1, d_model=64)}
 ASSISTANT = dict(n_layers=2, d_model=96)
 CHAIN = "large teacher via TA"
-SOURCES = ["no teacher", *TEACHERS, CHAIN]
+CHAIN_ALL = "large teacher via TA (all text)"
+SOURCES = ["no teacher", *TEACHERS, CHAIN, CHAIN_ALL]
 TEMPERATURES = (1.0, 2.0)
 VALID_WINDOWS = 250
 METRICS = ("perplexity", "valid_perplexity", "best_step")
@@ -83,7 +84,16 @@ def planned_comparisons():
     return out
 
 
+def added_comparisons():
+    """Comparisons added after the first results (the first TA, which reads only the students'
+    10 % of the text, was weaker than every teacher): a TA that reads all the teacher's text."""
+    return [(method(s, CHAIN_ALL, t), method(s, "large teacher", t),
+             "a teacher assistant that read all the text against direct distillation")
+            for s in STUDENTS for t in TEMPERATURES]
+
+
 COMPARISONS = planned_comparisons()
+ADDED = added_comparisons()
 
 
 def context(quick: bool):
@@ -123,20 +133,28 @@ def kd_targets(dk, temperature: float):
     return dk.CachedTeacherLogits(dk.KDConfig(alpha=1.0, temperature=temperature))
 
 
-def get_assistant(ctx, temperature: float, work: Path, steps: int, every: int, lr: float):
-    """The TA for ``temperature``: distilled from the large teacher on the students' windows (kept in ``work``)."""
+def get_assistant(ctx, temperature: float, work: Path, steps: int, every: int, lr: float, text: str = "small"):
+    """The TA for ``temperature``: distilled from the large teacher on the students' windows
+    (``text="small"``) or on all the teacher's training text (``"all"``); kept in ``work``."""
     dk = ctx["dk"]
-    path = work / f"assistant-T{temperature:g}-{steps}.safetensors"
+    path = work / f"assistant{'-all' if text == 'all' else ''}-T{temperature:g}-{steps}.safetensors"
     if path.exists():
         model, _, meta = dk.load_model(path)
         model.eval()
         return model, meta["extra"]["info"]
-    model, info = train_selected(ctx, ASSISTANT, 0, cached_logits(ctx, ctx["teachers"]["large teacher"],
-                                                                   key="large teacher"),
-                                 kd_targets(dk, temperature), steps, every, lr, preset="lm-teacher")
+    large = ctx["teachers"]["large teacher"]
+    if text == "all":
+        cache = ctx.setdefault("cached_by", {})
+        if "large teacher (all text)" not in cache:
+            cache["large teacher (all text)"] = dk.precompute_teacher_logits(large, ctx["all"], progress=False)
+        examples = cache["large teacher (all text)"]
+    else:
+        examples = cached_logits(ctx, large, key="large teacher")
+    model, info = train_selected(ctx, ASSISTANT, 0, examples, kd_targets(dk, temperature), steps, every, lr,
+                                 preset="lm-teacher")
     info.update(params=dk.count_parameters(model), test_perplexity=round(dk.perplexity(model, ctx["test"]), 4))
     dk.save_model(model, path, ctx["tok"], extra={"info": info})  # written atomically
-    print(f"assistant T={temperature:g}: valid ppl {info['valid_perplexity']:.3f}, test ppl "
+    print(f"assistant ({text} text) T={temperature:g}: valid ppl {info['valid_perplexity']:.3f}, test ppl "
           f"{info['test_perplexity']:.3f}, step {info['best_step']}", flush=True)
     return model, info
 
@@ -146,8 +164,9 @@ def run(ctx, student: str, source: str, temperature, seed: int, steps: int, ever
     if source == "no teacher":
         examples, targets = ctx["small"], None
     else:
-        key = source if source != CHAIN else f"assistant T={temperature:g}"
-        teacher = ctx["assistants"][temperature] if source == CHAIN else ctx["teachers"][source]
+        chains = {CHAIN: "assistants", CHAIN_ALL: "assistants_all"}
+        key = source if source not in chains else f"{source}, T={temperature:g}"
+        teacher = ctx[chains[source]][temperature] if source in chains else ctx["teachers"][source]
         examples, targets = cached_logits(ctx, teacher, key=key), kd_targets(dk, temperature)
     model, info = train_selected(ctx, STUDENTS[student], seed, examples, targets, steps, every, lr)
     return {"seed": seed, "method": method(student, source, temperature), "student": student, "source": source,
@@ -155,8 +174,8 @@ def run(ctx, student: str, source: str, temperature, seed: int, steps: int, ever
             "perplexity": round(dk.perplexity(model, ctx["test"]), 4)}
 
 
-def paired_summary(runs, comparisons=COMPARISONS) -> list:
-    """Each planned comparison's paired difference (A - B, test perplexity) with its 95% interval."""
+def paired_summary(runs, comparisons=COMPARISONS + ADDED) -> list:
+    """Each comparison's paired difference (A - B, test perplexity) with its 95% interval."""
     from distilkit.stats import compare
 
     by = {(r["method"], r["seed"]): r["perplexity"] for r in runs}
@@ -167,9 +186,42 @@ def paired_summary(runs, comparisons=COMPARISONS) -> list:
         if len(pairs) < 2:
             continue
         c = compare([x for x, _ in pairs], [y for _, y in pairs], higher_is_better=False)
-        out.append({"a": a, "b": b, "isolates": why, "n": c.n, "diff": round(c.effect, 4),
+        out.append({"a": a, "b": b, "isolates": why, "planned": (a, b, why) in COMPARISONS, "n": c.n, "diff": round(c.effect, 4),
                     "low": round(c.low, 4), "high": round(c.high, 4), "verdict": c.verdict})
     return out
+
+
+def merge(paths, out: Path) -> dict:
+    """One results file from runs made in several processes (some seeds, some sources each):
+    every (seed, method) once, every method on every seed, the same set-up."""
+    import json
+
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    if len({json.dumps(d["setup"], sort_keys=True) for d in docs}) != 1:
+        raise SystemExit("--merge: the files were made with different set-ups")
+    runs, seen = [], set()
+    for d in docs:
+        for r in d["runs"]:
+            if (r["seed"], r["method"]) in seen:
+                raise SystemExit(f"--merge: seed {r['seed']} of {r['method']!r} appears twice")
+            seen.add((r["seed"], r["method"]))
+            runs.append(r)
+    seeds = sorted({s for s, _ in seen})
+    methods = [method(st, src, t) for st in STUDENTS for src in SOURCES
+               for t in ([None] if src == "no teacher" else TEMPERATURES)]
+    missing = [(s, m) for s in seeds for m in methods if (s, m) not in seen]
+    if missing:
+        raise SystemExit(f"--merge: missing runs {missing[:5]} ({len(missing)} in all)")
+    runs.sort(key=lambda r: (r["seed"], methods.index(r["method"])))
+    assistants = {k: v for d in docs for k, v in d["assistants"].items()}
+    teachers = {n: {k: v for d in docs for k, v in d["teachers"][n].items()} for n in docs[0]["teachers"]}
+    doc = write_results(out, seeds, runs, summary={k: summarise(runs, k) for k in METRICS},
+                        primary_metric="perplexity",
+                        comparisons=[{"a": x, "b": y, "isolates": why, "planned": True} for x, y, why in COMPARISONS]
+                        + [{"a": x, "b": y, "isolates": why, "planned": False} for x, y, why in ADDED],
+                        teachers=teachers, assistants=assistants, paired=paired_summary(runs),
+                        setup=docs[0]["setup"], commands=[d["command"] for d in docs])
+    return doc
 
 
 def main() -> None:
@@ -180,6 +232,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="student steps at most (default 1000)")
     ap.add_argument("--every", type=int, default=None, help="validation interval (default 50)")
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--sources", nargs="+", default=None, choices=SOURCES, help="run only these arms")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None,
                     help="where the teachers and assistants are kept (default .checkpoint_runs/; quick: a "
@@ -188,12 +241,8 @@ def main() -> None:
     ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FILE")
     a = ap.parse_args()
     if a.merge:
-        doc = merge_results(a.merge, a.out, METRICS, first=("primary_metric", "comparisons", "teachers",
-                                                            "assistants"))
-        from _common import update_results
-
-        update_results(a.out, paired=paired_summary(doc["runs"]))
-        for c in paired_summary(doc["runs"]):
+        doc = merge(a.merge, a.out)
+        for c in doc["paired"]:
             print(f"{c['a']:<44} - {c['b']:<36} {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] {c['verdict']}")
         print(f"wrote {a.out} ({len(doc['seeds'])} seeds)")
         return
@@ -211,19 +260,26 @@ def main() -> None:
     names = ["small teacher", "large teacher"] if a.quick else list(TEACHERS)
     ctx["teachers"] = {n: get_teacher(ctx, TEACHERS[n], a.work / "capacity_gap", teacher_steps) for n in names}
     temperatures = (1.0,) if a.quick else TEMPERATURES
-    ctx["assistants"], assistants = {}, {}
+    sources = a.sources or ["no teacher", *names, CHAIN, *([] if a.quick else [CHAIN_ALL])]
+    ctx["assistants"], ctx["assistants_all"], assistants = {}, {}, {}
     for t in temperatures:
-        ctx["assistants"][t], assistants[f"T={t:g}"] = get_assistant(ctx, t, a.work / "capacity_gap", ta_steps,
-                                                                     every, a.lr)
+        if CHAIN in sources or a.train_only:
+            ctx["assistants"][t], assistants[f"T={t:g}"] = get_assistant(ctx, t, a.work / "capacity_gap", ta_steps,
+                                                                         every, a.lr)
+        if CHAIN_ALL in sources or a.train_only:
+            ctx["assistants_all"][t], assistants[f"all text, T={t:g}"] = get_assistant(
+                ctx, t, a.work / "capacity_gap", ta_steps, every, a.lr, text="all")
+    # the students' windows are part of every teacher's training text: how well it fits them
     teachers = {n: {"params": dk.count_parameters(m), "valid_perplexity": round(dk.perplexity(m, ctx["valid"]), 4),
-                    "test_perplexity": round(dk.perplexity(m, ctx["test"]), 4)} for n, m in ctx["teachers"].items()}
+                    "test_perplexity": round(dk.perplexity(m, ctx["test"]), 4),
+                    "student_windows_perplexity": round(dk.perplexity(m, ctx["small"]), 4)}
+                for n, m in ctx["teachers"].items()}
     for n, info in teachers.items():
         print(f"{n:<16} {info['params']:>9,} params  valid ppl {info['valid_perplexity']:.3f}  "
               f"test ppl {info['test_perplexity']:.3f}", flush=True)
     if a.train_only:
         return
     students = ["student d32"] if a.quick else list(STUDENTS)
-    sources = ["no teacher", *names, CHAIN]
     seeds = [0] if a.quick else a.seeds
     runs = []
     for seed in seeds:
@@ -249,7 +305,8 @@ def main() -> None:
         sys.exit(1 if problems else 0)
     write_results(a.out, seeds, runs, threads=a.threads, summary={k: summarise(runs, k) for k in METRICS},
                   primary_metric="perplexity",
-                  comparisons=[{"a": x, "b": y, "isolates": why} for x, y, why in COMPARISONS],
+                  comparisons=[{"a": x, "b": y, "isolates": why, "planned": True} for x, y, why in COMPARISONS]
+                  + [{"a": x, "b": y, "isolates": why, "planned": False} for x, y, why in ADDED],
                   teachers=teachers, assistants=assistants,
                   paired=paired_summary(runs),
                   setup={"steps": steps, "every": every, "lr": a.lr, "batch_size": 32, "alpha": 1.0,

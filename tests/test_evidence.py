@@ -74,7 +74,7 @@ def test_mean_std_is_the_sample_spread():
         mean_std([])
 
 
-@pytest.mark.parametrize("name", ["controls", "gkd_d2t", "quality", "quality_1000", "lm_divergences", "teacher_size", "student_size",
+@pytest.mark.parametrize("name", ["controls", "gkd_d2t", "capacity_gap", "skew_kl", "quality", "quality_1000", "lm_divergences", "teacher_size", "student_size",
                                   "temperature_alpha", "cross_tokenizer", "hidden_states", "topk_cache"])
 def test_results_files_pair_every_method_by_seed(name):
     """The paired rule needs, for every method measured over seeds, one run per seed of the file's
@@ -108,3 +108,38 @@ def test_controls_makes_every_choice_on_validation_data():
         assert sorted(t["lr"] for t in rows) == sorted(doc["tuning"]["lrs"])
         assert lr == max(rows, key=lambda t: (t["valid_bleu"], -t["lr"]))["lr"]
         assert all("bleu" not in t for t in rows)  # the tuning runs never decoded the test split
+
+
+def test_capacity_gap_chooses_on_validation_windows_and_its_pairs_recompute():
+    """benchmarks/capacity_gap.py: the teachers differ clearly in quality, every student's kept
+    checkpoint is one of its validation checks, the validation and test windows are disjoint
+    parts of the held-out text, and the stored paired differences recompute from the runs."""
+    doc = load_results("capacity_gap")
+    setup = doc["setup"]
+    assert doc["primary_metric"] == "perplexity" and len(doc["seeds"]) >= 3
+    assert setup["valid_windows"] == 250 and setup["test_windows"] > setup["valid_windows"]
+    ppl = [doc["teachers"][n]["test_perplexity"] for n in ("small teacher", "medium teacher", "large teacher")]
+    assert ppl[0] > 1.1 * ppl[1] > 1.1 * ppl[2]  # three teachers, not two
+    for r in doc["runs"]:
+        assert r["best_step"] % setup["every"] == 0 and 0 < r["best_step"] <= setup["steps"]
+    by = {(r["method"], r["seed"]): r["perplexity"] for r in doc["runs"]}
+    planned = {(c["a"], c["b"]) for c in doc["comparisons"]}
+    assert {(p["a"], p["b"]) for p in doc["paired"]} == planned
+    for p in doc["paired"]:
+        c = compare([by[p["a"], s] for s in doc["seeds"]], [by[p["b"], s] for s in doc["seeds"]],
+                       higher_is_better=False)
+        assert (round(c.effect, 4), round(c.low, 4), round(c.high, 4), c.verdict) == (
+            p["diff"], p["low"], p["high"], p["verdict"])
+
+
+def test_skew_kl_steps_to_target_recompute_from_the_stored_curves():
+    """benchmarks/skew_kl.py: the target of each seed is the hard-label student's best validation
+    perplexity, and each run's steps-to-target is the first validation check at or below it."""
+    doc = load_results("skew_kl")
+    assert doc["primary_metric"] == "steps_to_target" and len(doc["seeds"]) >= 3
+    hard = {r["seed"]: r["valid_perplexity"] for r in doc["runs"] if r["method"] == "hard labels"}
+    for r in doc["runs"]:
+        assert r["target"] == hard[r["seed"]]
+        assert r["valid_perplexity"] == min(p for _, p in r["valid_curve"])
+        first = next((s for s, p in r["valid_curve"] if p <= r["target"]), None)
+        assert r["steps_to_target"] == first
