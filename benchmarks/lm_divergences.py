@@ -49,6 +49,15 @@ OFF_POLICY = {
 ON_POLICY = {"on-policy JSD(0.5)": dict(divergence="jsd", beta=0.5)}
 HARD = {"hard labels (10% text)": "small", "hard labels (all text)": "all"}
 METHODS = [*HARD, *OFF_POLICY, *ON_POLICY]
+# chapter 8's findings, fixed before the runs: (A, B, the metrics of the claim's parts, the claim);
+# primary metric: held-out perplexity, with the teacher's NLL of samples where the claim is about them
+COMPARISONS = [
+    ("forward KL", "hard labels (10% text)", ["perplexity", "teacher_nll"], "KD beats hard labels on the same text"),
+    ("forward KL", "hard labels (all text)", ["perplexity"], "KD on 10% of the text against hard labels on all"),
+    ("reverse KL", "forward KL", ["teacher_nll", "perplexity"],
+     "MiniLLM: better samples (teacher NLL) at the price of perplexity"),
+    ("on-policy JSD(0.5)", "JSD(0.5)", ["perplexity", "teacher_nll"], "GKD: on-policy beats off-policy"),
+]
 PROMPT, NEW, SAMPLES = 16, 48, 32  # 64 characters: no position beyond the training window
 DRAWS = (10_000, 10_001, 10_002)  # sampling seeds, the same for every training seed and method
 
@@ -285,7 +294,8 @@ def main() -> None:
         print(json.dumps(spd, indent=1))
         return
     if a.merge:
-        doc = merge_results(a.merge, a.out, ("perplexity", "teacher_nll", "distinct_2", "self_bleu"))
+        doc = merge_results(a.merge, a.out, ("perplexity", "teacher_nll", "distinct_2", "self_bleu"),
+                            first=("speed", "primary_metric", "comparisons"))
         print_table(doc["runs"])
         print(f"wrote {a.out} ({len(doc['seeds'])} seeds)")
         return
@@ -332,6 +342,8 @@ def main() -> None:
         sys.exit(1 if problems else 0)
     summary = {k: summarise(runs, k) for k in ("perplexity", "teacher_nll", "distinct_2", "self_bleu")}
     write_results(a.out, seeds, runs, threads=a.threads, **({} if spd is None else {"speed": spd}), summary=summary,
+                  primary_metric="perplexity",
+                  comparisons=[{"a": x, "b": y, "metrics": m, "claim": c} for x, y, m, c in COMPARISONS],
                   setup={"steps": steps, "lr": a.lr, "block": a.block, "batch_size": 32,
                          "small_fraction": a.small_fraction, "small_windows": len(ctx["small"]),
                          "all_windows": len(ctx["all"]), "held_out_windows": len(ctx["held"]),
