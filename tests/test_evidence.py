@@ -74,7 +74,7 @@ def test_mean_std_is_the_sample_spread():
         mean_std([])
 
 
-@pytest.mark.parametrize("name", ["controls", "gkd_d2t", "capacity_gap", "skew_kl", "quality", "quality_1000", "lm_divergences", "teacher_size", "student_size",
+@pytest.mark.parametrize("name", ["controls", "gkd_d2t", "capacity_gap", "skew_kl", "temperature_alpha_lr", "quality", "quality_1000", "lm_divergences", "teacher_size", "student_size",
                                   "temperature_alpha", "cross_tokenizer", "hidden_states", "topk_cache"])
 def test_results_files_pair_every_method_by_seed(name):
     """The paired rule needs, for every method measured over seeds, one run per seed of the file's
@@ -143,3 +143,18 @@ def test_skew_kl_steps_to_target_recompute_from_the_stored_curves():
         assert r["valid_perplexity"] == min(p for _, p in r["valid_curve"])
         first = next((s for s, p in r["valid_curve"] if p <= r["target"]), None)
         assert r["steps_to_target"] == first
+
+
+def test_temperature_alpha_lr_chooses_each_rate_on_validation_data():
+    """benchmarks/temperature_alpha_lr.py: each cell's learning rate is the one whose tuning run
+    (a seed that is not an evaluation seed) had the best validation perplexity; the tuning runs
+    never measured the test windows."""
+    doc = load_results("temperature_alpha_lr")
+    tuning = doc["tuning"]["runs"]
+    assert doc["primary_metric"] == "perplexity" and doc["tuning"]["seed"] not in doc["seeds"]
+    assert len({r["method"] for r in doc["runs"]}) == 17
+    for r in doc["runs"]:
+        rows = [t for t in tuning if t["method"] == r["method"]]
+        assert sorted(t["lr"] for t in rows) == sorted(doc["setup"]["lrs"])
+        assert r["lr"] == min(rows, key=lambda t: (t["valid_perplexity"], t["lr"]))["lr"]
+        assert all("perplexity" not in t for t in rows)
