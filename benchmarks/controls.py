@@ -176,7 +176,7 @@ def run(ctx, method: str, seed: int, lr: float, max_steps: int, every: int, pres
     dk, data = ctx["dk"], ctx["data"]
     examples, kd = examples_for(ctx, method)
     torch.manual_seed(seed)
-    student = dk.make_model(preset, len(data.tokenizer))
+    student = dk.make_model(preset, len(data.tokenizer), **ctx.get("student_kwargs", {}))
     step, valid, curve, seconds = train_selected(ctx, student, examples, dk.CachedTeacherLogits(kd) if kd else None,
                                                  seed, lr, max_steps, every, batch_size, valid_items)
     out = {"seed": seed, "method": method, "lr": lr, "params": dk.count_parameters(student),
@@ -273,6 +273,8 @@ def main() -> None:
     ap.add_argument("--valid", type=int, default=200, help="validation pairs for the selection")
     ap.add_argument("--test-items", type=int, default=400)
     ap.add_argument("--student", default="d2t-student")
+    ap.add_argument("--student-kwargs", type=json.loads, default={}, metavar="JSON",
+                    help='settings of the student preset, e.g. \'{"embed_dim": 32, "hidden_dim": 64}\'')
     ap.add_argument("--methods", nargs="+", default=None, choices=METHODS)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS / "controls.json")
@@ -294,6 +296,7 @@ def main() -> None:
         num_transfer, seeds, lrs, train_items = a.transfer or 3000, a.seeds, a.lrs, None
         methods = a.methods or METHODS
     ctx = load(num_transfer, progress=not a.quick, work=a.work, train_items=train_items)
+    ctx["student_kwargs"] = a.student_kwargs
     print(f"seq-inter picks a candidate other than the teacher's best for {ctx['inter_changed']} of "
           f"{len(ctx['train'])} inputs", flush=True)
     tuning = tune(ctx, a, lrs, methods) if len(lrs) > 1 else {"chosen": {m: lrs[0] for m in methods}, "lrs": lrs}
@@ -331,7 +334,8 @@ def main() -> None:
                   tuning=tuning,
                   setup={"max_steps": a.max_steps, "every": a.every, "batch_size": a.batch_size, "lrs": lrs,
                          "labelled_pairs": len(ctx["labelled"]), "transfer_inputs": num_transfer,
-                         "student": a.student, "valid_pairs": a.valid, "test_inputs": a.test_items,
+                         "student": a.student, **({"student_kwargs": a.student_kwargs} if a.student_kwargs else {}),
+                         "valid_pairs": a.valid, "test_inputs": a.test_items,
                          "temperature": 1.0, "alpha": 0.5, "beam_size": 5,
                          "seq_inter_changed": ctx["inter_changed"], "teacher_seconds": ctx["teacher_seconds"]})
     print(f"wrote {a.out}")

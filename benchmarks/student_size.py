@@ -13,6 +13,18 @@ distributions at T = 1, alpha = 0.5: word + sequence-level KD). 400 steps of 16 
 and ``kd`` for plotting.
 
 Per (method, seed): BLEU and slot error rate (%) of greedy outputs on the 400 test inputs.
+
+The book reads ``results/student_size_selected.json`` instead: the same three sizes under the
+rule of ``benchmarks/controls.py`` (learning rate from {3e-3, 1e-2} by one tuning run with seed
+100, at most 1,000 steps of 64, the checkpoint with the best validation BLEU, 5 seeds; "KD" is
+controls.py's "word + seq KD", with 3,000 teacher-labelled inputs). The ``student`` size is
+controls.py's own runs; the other two come from
+
+    nice python benchmarks/controls.py --methods baseline "word + seq KD" --student d2t-tiny \
+        --work runs/ss/tiny-work --out runs/ss/tiny.json
+    nice python benchmarks/controls.py --methods baseline "word + seq KD" --student d2t-student \
+        --student-kwargs '{"embed_dim": 32, "hidden_dim": 64}' --work runs/ss/small-work --out runs/ss/small.json
+    python benchmarks/student_size.py --from-controls runs/ss/tiny.json runs/ss/small.json results/controls.json
 """
 from __future__ import annotations
 
@@ -27,6 +39,48 @@ from quality import evaluate, load, run  # noqa: E402
 SIZES = {"tiny": ("d2t-tiny", {}), "small": ("d2t-student", dict(embed_dim=32, hidden_dim=64)),
          "student": ("d2t-student", {})}
 KINDS = {"hard labels": "baseline", "KD": "word + seq KD"}  # quality.py's methods
+
+
+def from_controls(paths, out: Path) -> dict:
+    """One student-size file from controls.py results files (one per size, same rule): their
+    "baseline" and "word + seq KD" runs, named ``<size>, hard labels`` / ``<size>, KD``."""
+    import json
+
+    wanted = {"baseline": "hard labels", "word + seq KD": "KD"}
+    runs, tuning, setups, commands, seeds = [], {}, {}, [], None
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        st = d["setup"]
+        size = next(n for n, (preset, kw) in SIZES.items()
+                    if preset == st["student"] and kw == st.get("student_kwargs", {}))
+        if size in setups:
+            raise SystemExit(f"--from-controls: two files for the size {size!r}")
+        rule = {k: st[k] for k in ("max_steps", "every", "batch_size", "lrs", "labelled_pairs", "transfer_inputs",
+                                   "valid_pairs", "test_inputs", "temperature", "alpha")}
+        setups[size] = rule
+        if d["tuning"]["seed"] in d["seeds"]:
+            raise SystemExit("--from-controls: the tuning seed is an evaluation seed")
+        got = sorted({r["seed"] for r in d["runs"] if r["method"] in wanted})
+        if seeds is not None and got != seeds:
+            raise SystemExit(f"--from-controls: the files have different seeds: {seeds} and {got}")
+        seeds = got
+        if not runs:
+            runs.append(next(r for r in d["runs"] if r["method"] == "teacher"))
+        for r in d["runs"]:
+            if r["method"] in wanted:
+                runs.append({**r, "method": f"{size}, {wanted[r['method']]}", "size": size,
+                             "kd": wanted[r["method"]] == "KD"})
+        tuning[size] = {"seed": d["tuning"]["seed"], "chosen": {wanted[m]: lr for m, lr in d["tuning"]["chosen"].items()
+                                                                 if m in wanted}}
+        commands.append(d["command"])
+    if len({json.dumps(v, sort_keys=True) for v in setups.values()}) != 1:
+        raise SystemExit(f"--from-controls: the files follow different rules: {setups}")
+    order = [s for s in SIZES if s in setups]
+    runs[1:] = sorted(runs[1:], key=lambda r: (r["seed"], order.index(r["size"]), r["kd"]))
+    return write_results(out, seeds, runs, summary={k: summarise(runs[1:], k) for k in ("bleu", "ser", "repeat")},
+                         primary_metric="bleu", tuning=tuning, commands=commands,
+                         setup={**next(iter(setups.values())),
+                                "sizes": {s: {"preset": SIZES[s][0], **SIZES[s][1]} for s in order}})
 
 
 def main() -> None:
@@ -45,7 +99,14 @@ def main() -> None:
                     help="folder that keeps the teacher's transfer-set outputs for later runs")
     ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FILE",
                     help="combine results files of single-seed runs (same set-up) into --out")
+    ap.add_argument("--from-controls", type=Path, nargs="+", default=None, metavar="FILE",
+                    help="build results/student_size_selected.json from controls.py files, one per student size")
     a = ap.parse_args()
+    if a.from_controls:
+        doc = from_controls(a.from_controls, RESULTS / "student_size_selected.json")
+        for m, v in doc["summary"]["bleu"].items():
+            print(f"{m:<22} BLEU {v['mean']:6.2f} ± {v['std']:.2f} (n={v['n']})")
+        return
     if a.merge:
         doc = merge_results(a.merge, a.out, ("bleu", "ser"))
         for m, s in doc["summary"]["bleu"].items():

@@ -74,7 +74,7 @@ def test_mean_std_is_the_sample_spread():
         mean_std([])
 
 
-@pytest.mark.parametrize("name", ["controls", "gkd_d2t", "capacity_gap", "skew_kl", "temperature_alpha_lr", "quality", "quality_1000", "lm_divergences", "teacher_size", "student_size",
+@pytest.mark.parametrize("name", ["controls", "gkd_d2t", "capacity_gap", "skew_kl", "temperature_alpha_lr", "student_size_selected", "quality", "quality_1000", "lm_divergences", "teacher_size", "student_size",
                                   "temperature_alpha", "cross_tokenizer", "hidden_states", "topk_cache"])
 def test_results_files_pair_every_method_by_seed(name):
     """The paired rule needs, for every method measured over seeds, one run per seed of the file's
@@ -158,3 +158,18 @@ def test_temperature_alpha_lr_chooses_each_rate_on_validation_data():
         assert sorted(t["lr"] for t in rows) == sorted(doc["setup"]["lrs"])
         assert r["lr"] == min(rows, key=lambda t: (t["valid_perplexity"], t["lr"]))["lr"]
         assert all("perplexity" not in t for t in rows)
+
+
+def test_student_size_selected_makes_every_choice_on_validation_data():
+    """results/student_size_selected.json (benchmarks/student_size.py --from-controls): every run's
+    checkpoint is its earliest best on the validation curve, its learning rate is the one its size
+    and method chose on the tuning seed, and the three sizes follow one rule."""
+    doc = load_results("student_size_selected")
+    assert doc["primary_metric"] == "bleu" and len(doc["seeds"]) >= 5
+    assert set(doc["tuning"]) == {"tiny", "small", "student"}
+    for r in doc["runs"][1:]:
+        best = max(v for _, v in r["valid_curve"])
+        assert r["selected_step"] == min(s for s, v in r["valid_curve"] if v == best)
+        kind = "KD" if r["kd"] else "hard labels"
+        assert r["lr"] == doc["tuning"][r["size"]]["chosen"][kind]
+        assert doc["tuning"][r["size"]]["seed"] not in doc["seeds"]
