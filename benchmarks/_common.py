@@ -93,6 +93,27 @@ def merge_results(paths, out: Path, metrics, shared=("teacher", "held-out text")
                          setup=docs[0]["setup"], commands=[d["command"] for d in docs], **extra)
 
 
+def combine_runs(paths, methods: List[str]) -> Tuple[List[dict], List[dict], List[int]]:
+    """Runs made in several processes (some seeds, some methods each) as one list. The files'
+    set-ups must agree, every (seed, method) must appear once, and every method of ``methods``
+    on every seed. Returns (the files' contents, the runs sorted by seed and by the order of
+    ``methods``, the seeds)."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    if len({json.dumps(d["setup"], sort_keys=True) for d in docs}) != 1:
+        raise SystemExit("--merge: the files were made with different set-ups")
+    runs = [r for d in docs for r in d["runs"]]
+    keys = [(r["seed"], r["method"]) for r in runs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise SystemExit(f"--merge: runs that appear twice: {twice[:5]}")
+    seeds = sorted({s for s, _ in keys})
+    missing = [(s, m) for s in seeds for m in methods if (s, m) not in set(keys)]
+    if missing:
+        raise SystemExit(f"--merge: missing runs {missing[:5]} ({len(missing)} in all)")
+    runs.sort(key=lambda r: (r["seed"], methods.index(r["method"])))
+    return docs, runs, seeds
+
+
 # the data-to-text metrics, as every data-to-text benchmark records them
 D2T_METRICS = {"bleu": "corpus BLEU, greedy decoding, 8 references per test input",
                "ser": "slot error rate (%)",

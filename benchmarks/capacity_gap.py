@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's distilkit
 sys.path.insert(0, str(ROOT / "scripts"))
-from _common import RESULTS, check, summarise, write_results  # noqa: E402
+from _common import RESULTS, check, combine_runs, summarise, write_results  # noqa: E402
 from lm_divergences import cached_logits, load  # noqa: E402
 from teacher_size import get_teacher  # noqa: E402
 from train_checkpoints import LM_TEACHER  # noqa: E402
@@ -94,6 +94,12 @@ def added_comparisons():
 
 COMPARISONS = planned_comparisons()
 ADDED = added_comparisons()
+
+
+def comparison_records() -> list:
+    """The comparisons as the results file stores them, each marked planned or added."""
+    return [{"a": x, "b": y, "isolates": why, "planned": planned}
+            for planned, group in ((True, COMPARISONS), (False, ADDED)) for x, y, why in group]
 
 
 def context(quick: bool):
@@ -192,33 +198,15 @@ def paired_summary(runs, comparisons=COMPARISONS + ADDED) -> list:
 
 
 def merge(paths, out: Path) -> dict:
-    """One results file from runs made in several processes (some seeds, some sources each):
-    every (seed, method) once, every method on every seed, the same set-up."""
-    import json
-
-    docs = [json.loads(Path(p).read_text()) for p in paths]
-    if len({json.dumps(d["setup"], sort_keys=True) for d in docs}) != 1:
-        raise SystemExit("--merge: the files were made with different set-ups")
-    runs, seen = [], set()
-    for d in docs:
-        for r in d["runs"]:
-            if (r["seed"], r["method"]) in seen:
-                raise SystemExit(f"--merge: seed {r['seed']} of {r['method']!r} appears twice")
-            seen.add((r["seed"], r["method"]))
-            runs.append(r)
-    seeds = sorted({s for s, _ in seen})
+    """One results file from runs made in several processes (some seeds, some sources each)."""
     methods = [method(st, src, t) for st in STUDENTS for src in SOURCES
                for t in ([None] if src == "no teacher" else TEMPERATURES)]
-    missing = [(s, m) for s in seeds for m in methods if (s, m) not in seen]
-    if missing:
-        raise SystemExit(f"--merge: missing runs {missing[:5]} ({len(missing)} in all)")
-    runs.sort(key=lambda r: (r["seed"], methods.index(r["method"])))
+    docs, runs, seeds = combine_runs(paths, methods)
     assistants = {k: v for d in docs for k, v in d["assistants"].items()}
     teachers = {n: {k: v for d in docs for k, v in d["teachers"][n].items()} for n in docs[0]["teachers"]}
     doc = write_results(out, seeds, runs, summary={k: summarise(runs, k) for k in METRICS},
                         primary_metric="perplexity",
-                        comparisons=[{"a": x, "b": y, "isolates": why, "planned": True} for x, y, why in COMPARISONS]
-                        + [{"a": x, "b": y, "isolates": why, "planned": False} for x, y, why in ADDED],
+                        comparisons=comparison_records(),
                         teachers=teachers, assistants=assistants, paired=paired_summary(runs),
                         setup=docs[0]["setup"], commands=[d["command"] for d in docs])
     return doc
@@ -305,8 +293,7 @@ def main() -> None:
         sys.exit(1 if problems else 0)
     write_results(a.out, seeds, runs, threads=a.threads, summary={k: summarise(runs, k) for k in METRICS},
                   primary_metric="perplexity",
-                  comparisons=[{"a": x, "b": y, "isolates": why, "planned": True} for x, y, why in COMPARISONS]
-                  + [{"a": x, "b": y, "isolates": why, "planned": False} for x, y, why in ADDED],
+                  comparisons=comparison_records(),
                   teachers=teachers, assistants=assistants,
                   paired=paired_summary(runs),
                   setup={"steps": steps, "every": every, "lr": a.lr, "batch_size": 32, "alpha": 1.0,

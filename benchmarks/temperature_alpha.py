@@ -34,13 +34,18 @@ def cell_name(temperature, alpha: float) -> str:
     return f"alpha={alpha:g}" if alpha == 0 else f"T={temperature:g}, alpha={alpha:g}"
 
 
+def cell_data(ctx, temperature, alpha: float):
+    """The student's training windows and ``dk.train`` targets for one cell of the grid:
+    hard labels for alpha = 0, the shipped teacher's cached logits otherwise."""
+    if alpha == 0:
+        return ctx["small"], None
+    kd = ctx["dk"].KDConfig(alpha=alpha, temperature=temperature)
+    return cached_logits(ctx), ctx["dk"].CachedTeacherLogits(kd)
+
+
 def run(ctx, temperature, alpha: float, seed: int, steps: int, lr: float) -> dict:
     dk = ctx["dk"]
-    if alpha == 0:
-        examples, targets = ctx["small"], None
-    else:
-        examples = cached_logits(ctx)
-        targets = dk.CachedTeacherLogits(dk.KDConfig(alpha=alpha, temperature=temperature))
+    examples, targets = cell_data(ctx, temperature, alpha)
     student, seconds, cpu_seconds = train_lm_student(ctx, seed, steps, lr, examples, targets)
     samples = sample_metrics(ctx, student, seed)
     return {"seed": seed, "method": cell_name(temperature, alpha), "temperature": temperature if alpha else None,

@@ -24,7 +24,6 @@ itself is descriptive.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -32,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's distilkit
 sys.path.insert(0, str(ROOT / "scripts"))
-from _common import RESULTS, check, summarise, write_results  # noqa: E402
+from _common import RESULTS, check, combine_runs, summarise, write_results  # noqa: E402
 from capacity_gap import STUDENTS, context, train_selected  # noqa: E402
-from lm_divergences import DRAWS, cached_logits, sample_metrics  # noqa: E402
-from temperature_alpha import ALPHAS, TEMPERATURES, cell_name  # noqa: E402
+from lm_divergences import DRAWS, sample_metrics  # noqa: E402
+from temperature_alpha import ALPHAS, TEMPERATURES, cell_data, cell_name  # noqa: E402
 
 CELLS = [(None, 0.0)] + [(t, a) for t in TEMPERATURES for a in ALPHAS if a > 0]
 LRS = [1e-3, 3e-3, 1e-2]
@@ -45,12 +44,7 @@ COMPARISONS = [(cell_name(4.0, 0.5), cell_name(1.0, 0.5), "T = 4 against T = 1 a
 
 
 def train(ctx, temperature, alpha: float, seed: int, lr: float, steps: int, every: int):
-    dk = ctx["dk"]
-    if alpha == 0:
-        examples, targets = ctx["small"], None
-    else:
-        examples = cached_logits(ctx)
-        targets = dk.CachedTeacherLogits(dk.KDConfig(alpha=alpha, temperature=temperature))
+    examples, targets = cell_data(ctx, temperature, alpha)
     return train_selected(ctx, STUDENTS["student d64"], seed, examples, targets, steps, every, lr)
 
 
@@ -84,20 +78,9 @@ def cell_range(text: str) -> list:
 
 
 def merge(paths, out: Path) -> dict:
-    docs = [json.loads(Path(p).read_text()) for p in paths]
-    if len({json.dumps(d["setup"], sort_keys=True) for d in docs}) != 1:
-        raise SystemExit("--merge: the files were made with different set-ups")
-    runs = [r for d in docs for r in d["runs"]]
+    """One results file from runs made in several processes (some cells each)."""
+    docs, runs, seeds = combine_runs(paths, [cell_name(t, a) for t, a in CELLS])
     tuning = [t for d in docs for t in d["tuning"]]
-    keys = [(r["seed"], r["method"]) for r in runs]
-    if len(set(keys)) != len(keys):
-        raise SystemExit("--merge: a (seed, method) appears twice")
-    names = [cell_name(t, a) for t, a in CELLS]
-    seeds = sorted({s for s, _ in keys})
-    missing = [(s, m) for s in seeds for m in names if (s, m) not in keys]
-    if missing:
-        raise SystemExit(f"--merge: missing runs {missing[:5]} ({len(missing)} in all)")
-    runs.sort(key=lambda r: (r["seed"], names.index(r["method"])))
     return write_results(out, seeds, runs, summary={k: summarise(runs, k) for k in METRICS},
                          primary_metric="perplexity", tuning={"seed": TUNE_SEED, "runs": tuning},
                          comparisons=[{"a": a, "b": b, "isolates": why} for a, b, why in COMPARISONS],
