@@ -173,3 +173,34 @@ def test_student_size_selected_makes_every_choice_on_validation_data():
         kind = "KD" if r["kd"] else "hard labels"
         assert r["lr"] == doc["tuning"][r["size"]]["chosen"][kind]
         assert doc["tuning"][r["size"]]["seed"] not in doc["seeds"]
+
+
+def test_topk_cache_fixes_its_margins_chooses_on_validation_and_its_pairs_recompute():
+    """benchmarks/topk_cache.py: the equivalence margins and the primary metric are the ones the
+    script fixes, every run's checkpoint is its earliest lowest validation NLL, and the stored
+    paired comparisons (every cache size against the live teacher) recompute from the runs."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "topk_cache.py"
+    spec = importlib.util.spec_from_file_location("topk_cache_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    doc = load_results("topk_cache")
+    assert doc["primary_metric"] == script.PRIMARY_METRIC == "test_nll"
+    assert doc["margins"] == script.MARGINS and len(doc["seeds"]) >= 5
+    setup = doc["setup"]
+    for r in doc["runs"]:
+        steps = [s for s, _ in r["valid_curve"]]
+        assert steps == list(range(setup["every"], setup["max_steps"] + 1, setup["every"]))
+        best = min(v for _, v in r["valid_curve"])
+        assert r["selected_step"] == min(s for s, v in r["valid_curve"] if v == best)
+    by = {(r["method"], r["seed"]): r for r in doc["runs"]}
+    assert [(p["a"], p["metric"]) for p in doc["paired"]] == [
+        (c["a"], c["metric"]) for c in script.comparisons([int(k) for k in setup["caches"]])]
+    for p in doc["paired"]:
+        c = compare([by[p["a"], s][p["metric"]] for s in doc["seeds"]],
+                    [by[p["b"], s][p["metric"]] for s in doc["seeds"]],
+                    higher_is_better=p["higher_is_better"], margin=p["margin"])
+        assert (round(c.effect, 5), round(c.low, 5), round(c.high, 5), c.verdict) == (
+            p["diff"], p["low"], p["high"], p["verdict"])
