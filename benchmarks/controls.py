@@ -22,7 +22,10 @@ pairs plus the first 3,000 transfer inputs, labelled
 
 * ``seq KD, greedy`` -- by the teacher's greedy output (hard labels);
 * ``word + seq KD`` -- the same with the teacher's distributions (alpha = 0.5): chapter 4's student;
-* ``more human data`` -- by one human-style reference each (what the teacher's labels stand in for).
+* ``more human data`` -- by one human-style reference each (what the teacher's labels stand in for);
+* ``word + seq KD, soft only`` -- the teacher-labelled inputs with the distributions alone (alpha = 1,
+  no hard labels): section 5.3's word-level student. Added after the first eight methods had run,
+  with its own tuning runs and the two comparisons marked ``"added"``, both fixed before its runs.
 
 **One budget rule for every method**: at most ``--max-steps`` optimizer steps of 64 examples, a
 checkpoint every ``--every`` steps, and the checkpoint with the best validation BLEU (greedy, the
@@ -51,7 +54,7 @@ from _common import D2T_METRICS, RESULTS, check, kept, summarise, write_results 
 
 SAME = ["baseline", "word KD, same inputs", "seq KD, same inputs", "seq-inter, same inputs",
         "word + seq KD, same inputs"]
-ADDED = ["seq KD, greedy", "word + seq KD", "more human data"]
+ADDED = ["seq KD, greedy", "word + seq KD", "more human data", "word + seq KD, soft only"]
 METHODS = SAME + ADDED
 TUNE_SEED = 100
 # (A, B, what the difference A - B isolates); primary metric: test BLEU, higher is better
@@ -66,6 +69,17 @@ COMPARISONS = [
     ("seq KD, greedy", "more human data", "teacher labels against human labels of the same inputs"),
     ("word + seq KD", "seq KD, greedy", "the teacher's distributions on top, with the added inputs"),
 ]
+# planned with the soft-only method, before its runs (section 5.3's questions)
+ADDED_COMPARISONS = [
+    ("word + seq KD, soft only", "baseline", "the teacher's distributions alone, with the added inputs"),
+    ("word + seq KD", "word + seq KD, soft only", "the hard labels next to the distributions (alpha 0.5 vs 1)"),
+]
+ALPHA = {"word + seq KD, soft only": 1.0}  # every other word-level method: 0.5
+
+
+def planned_comparisons() -> list:
+    return ([{"a": x, "b": y, "isolates": why} for x, y, why in COMPARISONS]
+            + [{"a": x, "b": y, "isolates": why, "added": True} for x, y, why in ADDED_COMPARISONS])
 
 
 def load(num_transfer: int, progress: bool, work=None, train_items=None):
@@ -124,7 +138,7 @@ def examples_for(ctx, method: str):
     if method.startswith("word"):  # word KD, word + seq KD (same inputs or added)
         if key not in ctx:
             ctx[key] = dk.precompute_teacher_logits(ctx["teacher"], examples, progress=False)
-        return ctx[key], dk.KDConfig(temperature=1.0, alpha=0.5)
+        return ctx[key], dk.KDConfig(temperature=1.0, alpha=ALPHA.get(method, 0.5))
     return examples, None
 
 
@@ -248,7 +262,8 @@ def merge(paths, out: Path) -> None:
     for d in docs:
         tuning["chosen"].update(d["tuning"]["chosen"])
         tuning["runs"] += [r for r in d["tuning"].get("runs", []) if r not in tuning["runs"]]
-    keep = {k: docs[0][k] for k in ("primary_metric", "metric_definitions", "comparisons")}
+    keep = {k: docs[0][k] for k in ("primary_metric", "metric_definitions")}
+    keep["comparisons"] = planned_comparisons()
     doc = {"command": command(), "machine": machine(), "torch": docs[0]["torch"], "seeds": seeds, "runs": runs,
            "summary": {k: summarise(runs, k) for k in ("bleu", "ser", "repeat", "selected_step")},
            **keep, "tuning": tuning, "setup": docs[0]["setup"], "commands": [d["command"] for d in docs],
@@ -330,7 +345,7 @@ def main() -> None:
                   metric_definitions={**D2T_METRICS,
                                       "selection": "checkpoint with the best validation BLEU (200 pairs, "
                                                    "1 reference each), every --every steps"},
-                  comparisons=[{"a": x, "b": y, "isolates": why} for x, y, why in COMPARISONS],
+                  comparisons=planned_comparisons(),
                   tuning=tuning,
                   setup={"max_steps": a.max_steps, "every": a.every, "batch_size": a.batch_size, "lrs": lrs,
                          "labelled_pairs": len(ctx["labelled"]), "transfer_inputs": num_transfer,
