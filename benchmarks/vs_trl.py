@@ -1,6 +1,6 @@
 """distilkit against TRL's GKDTrainer on one small job (needs ``pip install 'distilkit[bench]'``).
 
-    python benchmarks/vs_trl.py                   # 3 seeds x 200 steps, results/vs_trl.json
+    python benchmarks/vs_trl.py                   # 5 seeds x 200 steps, results/vs_trl.json
     python benchmarks/vs_trl.py --seeds 0 --steps 30 --out /tmp/vs_trl.json
 
 The job: the shipped ``gpt2-pydoc`` teacher (2 layers, vocabulary 1,024), a student with the same
@@ -26,6 +26,11 @@ forward passes after the first 20 steps), peak resident memory of the process (`
 its growth over the resident set just before training), the held-out perplexity of the student
 (same evaluation code for both), and what TRL divided its loss by.
 
+Primary metric (fixed before the runs): seconds per step, compared on the log scale (a ratio),
+paired by seed; secondary: the memory growth while training and the held-out perplexity. The
+planned comparisons (``COMPARISONS``) and their paired 95% intervals (``distilkit.stats.compare``)
+are written to the file with the machine's load average before and after, to say how quiet it was.
+
 Before training, on one fixed batch, the two losses are compared (the student at its initial
 weights): ``GKDTrainer.generalized_jsd_loss`` divides by the count of labels it is given (the
 shifted ones when called directly) or by ``num_items_in_batch`` when the Trainer passes it.
@@ -48,6 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, command, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+PRIMARY_METRIC = "seconds_per_step"
+# (metric, compared on the log scale?): distilkit - TRL, paired by seed, lower is better for each
+COMPARISONS = [("seconds_per_step", True), ("peak_growth_mib", False), ("held_out_perplexity", False)]
 CKPT = ROOT / "distilkit" / "checkpoints" / "gpt2-pydoc"
 WINDOW, BATCH, LR, BETA, SKIP = 32, 16, 3e-3, 0.5, 20
 
@@ -201,9 +209,28 @@ def agreement(init_path) -> dict:
             "at_T2_without_T2_factor": {"distilkit": ours_t2, "trl": trl_t2, "abs_diff": abs(ours_t2 - trl_t2)}}
 
 
+def paired(by, seeds) -> list:
+    """distilkit - TRL per planned comparison, paired by seed, with its 95% interval (on the log
+    scale for times, so that the difference reads as a ratio); unadjusted."""
+    import math
+
+    sys.path.insert(0, str(ROOT))
+    from distilkit.stats import compare
+
+    out = []
+    for metric, log in COMPARISONS:
+        f = math.log if log else float
+        c = compare([f(by["distilkit", s][metric]) for s in seeds], [f(by["trl", s][metric]) for s in seeds],
+                    higher_is_better=False)
+        out.append({"metric": metric, "a": "distilkit", "b": "trl", "log_scale": log,
+                    "primary": metric == PRIMARY_METRIC, "diff": c.effect, "low": c.low, "high": c.high,
+                    "p": c.p, "per_seed": c.per_seed, "verdict": c.verdict})
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", type=Path, default=RESULTS / "vs_trl.json")
     ap.add_argument("--child", nargs=4, metavar=("SYSTEM", "SEED", "INIT", "OUT"), help=argparse.SUPPRESS)
@@ -249,6 +276,7 @@ def main(argv=None) -> int:
         summary[key] = {system: spread(key, system) for system in ("distilkit", "trl")}
     doc = {"command": command(), "machine": machine(1), "torch": torch.__version__, "trl": trl.__version__,
            "seeds": args.seeds, "load_average_before": load_before, "load_average_after": os.getloadavg(),
+           "primary_metric": PRIMARY_METRIC, "paired": paired(by, args.seeds),
            "loss_agreement": agree, "summary": summary, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".tmp")
