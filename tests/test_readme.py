@@ -93,6 +93,20 @@ def test_readme_benchmark_figures_are_those_of_results_quality_json():
         assert f"{method}: BLEU {bleu:.1f}, SER {ser:.1f} %" in text, method
 
 
+def test_readme_controlled_figures_are_those_of_results_controls_json():
+    from distilkit.notebook import compare, mean_std, metric_by_method
+
+    runs = json.loads((README.parent / "results" / "controls.json").read_text())["runs"]
+    bleu, ser = metric_by_method(runs, "bleu"), metric_by_method(runs, "ser")
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    for method in ("baseline", "word + seq KD"):
+        b, s = mean_std(bleu[method])["mean"], mean_std(ser[method])["mean"]
+        assert f"{method}: BLEU {b:.1f}, SER {s:.1f} %" in text, method
+    c = compare(bleu["word + seq KD"], bleu["baseline"])
+    assert c.verdict == "A better" and len(bleu["baseline"]) == 5
+    assert f"gain of {c.effect:+.1f} BLEU [{c.low:+.1f}, {c.high:+.1f}]" in text
+
+
 def test_readme_teacher_facts_match_the_shipped_checkpoints(capsys):
     section = re.search(r"^### What the shipped teachers know.*?(?=^## )", README.read_text(encoding="utf-8"),
                         flags=re.M | re.S).group(0)
