@@ -25,7 +25,6 @@ SLOW = {
     "tests/test_readme.py": 85,
     f"{QUICK}[student_size.py]": 70,
     f"{QUICK}[quality.py]": 60,
-    f"{QUICK}[teacher_size.py]": 50,
     f"{QUICK}[lm_divergences.py]": 50,
     f"{QUICK}[d2t_causal.py]": 40,
     "tests/test_cli.py": 70,

@@ -46,10 +46,11 @@ sys.path.insert(0, str(ROOT))  # this checkout's distilkit
 sys.path.insert(0, str(ROOT / "scripts"))
 from _common import RESULTS, check, combine_runs, summarise, write_results  # noqa: E402
 from lm_divergences import cached_logits, load  # noqa: E402
-from teacher_size import get_teacher  # noqa: E402
 from train_checkpoints import LM_TEACHER  # noqa: E402
 
-# source name -> teacher_size.py's teacher name (None: the shipped lm-teacher)
+# teacher name -> its shape (None: the shipped lm-teacher); source name -> teacher name
+SHAPES = {"1 layer d64": dict(n_layers=1, d_model=64), "2 layers d96": dict(n_layers=2, d_model=96),
+          "6 layers d128 (shipped)": None}
 TEACHERS = {"small teacher": "1 layer d64", "medium teacher": "2 layers d96",
             "large teacher": "6 layers d128 (shipped)"}
 STUDENTS = {"student d32": dict(n_layers=1, d_model=32), "student d64": dict(n_layers=1, d_model=64)}
@@ -60,6 +61,37 @@ SOURCES = ["no teacher", *TEACHERS, CHAIN, CHAIN_ALL]
 TEMPERATURES = (1.0, 2.0)
 VALID_WINDOWS = 250
 METRICS = ("perplexity", "valid_perplexity", "best_step")
+
+
+def get_teacher(ctx, name: str, work: Path, steps: int):
+    """The named teacher (a key of ``SHAPES``): the shipped one, or one trained by LM_TEACHER's recipe
+    with ``ctx["valid"]`` choosing its best step (cached in ``work``, resumed if stopped)."""
+    import torch
+
+    dk = ctx["dk"]
+    if SHAPES[name] is None:
+        return ctx["teacher"]
+    slug = name.replace(" ", "_")
+    path = work / f"{slug}-{steps}.safetensors"
+    if path.exists():
+        model, _, _ = dk.load_model(path)
+        return model
+    text_split = ctx["all"]
+    torch.manual_seed(0)
+    model = dk.make_model("lm-teacher", len(ctx["tok"]), **SHAPES[name])
+    cfg = dk.TrainConfig(steps=steps, batch_size=LM_TEACHER["batch_size"], lr=LM_TEACHER["lr"],
+                         warmup_steps=min(100, steps // 5), eval_every=100, restore_best=True, seed=0,
+                         checkpoint_dir=str(work / f"{slug}-{steps}.run"), checkpoint_every=100,
+                         progress=False, device="cpu")
+    t = time.perf_counter()
+    hist = dk.train(model, text_split, config=cfg, valid_examples=ctx["valid"])
+    dk.save_model(model, path, ctx["tok"], extra={"info": {
+        "params": dk.count_parameters(model), "steps": steps, "seconds": round(time.perf_counter() - t, 1),
+        "best_valid_loss": round(hist.best_valid_loss, 4)}})
+    print(f"trained teacher {name}: {dk.count_parameters(model):,} params in {time.perf_counter() - t:.0f} s",
+          flush=True)
+    model.eval()
+    return model
 
 
 def method(student: str, source: str, temperature=None) -> str:

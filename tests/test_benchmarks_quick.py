@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["quality.py", "controls.py", "topk_cache.py", "gkd_d2t.py", "lm_divergences.py", "loss_memory.py", "temperature_alpha.py", "teacher_size.py",
+SCRIPTS = ["quality.py", "controls.py", "topk_cache.py", "gkd_d2t.py", "lm_divergences.py", "loss_memory.py", "temperature_alpha.py",
            "capacity_gap.py", "skew_kl.py", "temperature_alpha_lr.py", "student_size.py", "cross_tokenizer.py", "hidden_states.py", "d2t_causal.py"]
 
 

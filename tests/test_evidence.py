@@ -74,7 +74,7 @@ def test_mean_std_is_the_sample_spread():
         mean_std([])
 
 
-@pytest.mark.parametrize("name", ["controls", "gkd_d2t", "capacity_gap", "skew_kl", "temperature_alpha_lr", "student_size_selected", "quality", "lm_divergences", "teacher_size", "student_size",
+@pytest.mark.parametrize("name", ["controls", "gkd_d2t", "capacity_gap", "skew_kl", "temperature_alpha_lr", "student_size_selected", "quality", "lm_divergences", "student_size",
                                   "temperature_alpha", "cross_tokenizer", "hidden_states", "topk_cache"])
 def test_results_files_pair_every_method_by_seed(name):
     """The paired rule needs, for every method measured over seeds, one run per seed of the file's
