@@ -93,6 +93,28 @@ def merge_results(paths, out: Path, metrics, shared=("teacher", "held-out text")
                          setup=docs[0]["setup"], commands=[d["command"] for d in docs], **extra)
 
 
+def paired_comparisons(runs: List[dict], seeds: List[int], comparisons: List[dict]) -> List[dict]:
+    """Each planned comparison (``a``, ``b``, ``metric``, ``higher_is_better``, optionally
+    ``margin``) paired by seed with ``distilkit.stats.compare``, unadjusted: the comparison's own
+    keys plus the mean difference a - b, its 95% interval, the equivalence p-value where a margin
+    is given, the per-seed differences and the verdict."""
+    sys.path.insert(0, str(ROOT))
+    from distilkit.stats import compare
+
+    def values(method, metric):
+        return [next(r[metric] for r in runs if r["method"] == method and r["seed"] == s) for s in seeds]
+
+    out = []
+    for c in comparisons:
+        res = compare(values(c["a"], c["metric"]), values(c["b"], c["metric"]),
+                      higher_is_better=c["higher_is_better"], margin=c.get("margin"))
+        row = {**c, "diff": round(res.effect, 5), "low": round(res.low, 5), "high": round(res.high, 5)}
+        if c.get("margin") is not None:
+            row["p_equivalence"] = round(res.p_equivalence, 5)
+        out.append({**row, "per_seed": [round(d, 5) for d in res.per_seed], "verdict": res.verdict})
+    return out
+
+
 def combine_runs(paths, methods: List[str]) -> Tuple[List[dict], List[dict], List[int]]:
     """Runs made in several processes (some seeds, some methods each) as one list. The files'
     set-ups must agree, every (seed, method) must appear once, and every method of ``methods``

@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's distilkit, installed or not
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import check, write_results  # noqa: E402
+from _common import check, paired_comparisons, write_results  # noqa: E402
 
 PRIMARY_METRIC = "test_nll"
 MARGINS = {"test_nll": 0.02, "test_bleu": 1.0}  # fixed before the runs; see the docstring
@@ -194,17 +194,7 @@ def _child(a, work: Path, method: str, k: int, seed: int) -> dict:
 
 def paired(runs, seeds, ks) -> list:
     """The planned comparisons, paired by seed (``distilkit.stats.compare``, unadjusted)."""
-    from distilkit.stats import compare
-
-    out = []
-    for c in comparisons(ks):
-        va = [next(r[c["metric"]] for r in runs if r["method"] == c["a"] and r["seed"] == s) for s in seeds]
-        vb = [next(r[c["metric"]] for r in runs if r["method"] == c["b"] and r["seed"] == s) for s in seeds]
-        res = compare(va, vb, higher_is_better=c["higher_is_better"], margin=c["margin"])
-        out.append({**c, "diff": round(res.effect, 5), "low": round(res.low, 5), "high": round(res.high, 5),
-                    "p_equivalence": round(res.p_equivalence, 5), "per_seed": [round(d, 5) for d in res.per_seed],
-                    "verdict": res.verdict})
-    return out
+    return paired_comparisons(runs, seeds, comparisons(ks))
 
 
 def _summary(runs, setup) -> list:
