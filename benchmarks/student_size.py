@@ -12,7 +12,9 @@ distributions at T = 1, alpha = 0.5: word + sequence-level KD). 400 steps of 16 
 1e-2. The methods are named ``<size>, <hard labels | KD>``; every row also carries ``size``
 and ``kd`` for plotting.
 
-Per (method, seed): BLEU and slot error rate (%) of greedy outputs on the 400 test inputs.
+Per (method, seed): BLEU (the primary metric) and slot error rate (%) of greedy outputs on
+the 400 test inputs. A record of a fixed budget (``DESIGN``); its planned comparisons, KD
+against hard labels at each size, are written with their paired 95% intervals.
 
 The book reads ``results/student_size_selected.json`` instead: the same three sizes under the
 rule of ``benchmarks/controls.py`` (learning rate from {3e-3, 1e-2} by one tuning run with seed
@@ -33,12 +35,29 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
-from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    check,
+    merge_results,
+    paired_comparisons,
+    summarise,
+    update_results,
+    write_results,
+)
 from quality import evaluate, load, run  # noqa: E402
 
 SIZES = {"tiny": ("d2t-tiny", {}), "small": ("d2t-student", dict(embed_dim=32, hidden_dim=64)),
          "student": ("d2t-student", {})}
 KINDS = {"hard labels": "baseline", "KD": "word + seq KD"}  # quality.py's methods
+PRIMARY_METRIC = "bleu"
+DESIGN = ("a fixed budget: 400 steps of 16 for every student, final weights, no validation data; the "
+          "book's size comparison is student_size_selected.json (--from-controls)")
+
+
+def comparisons(sizes) -> list:
+    """Fixed before the runs: KD against hard labels at each size, BLEU, paired by seed."""
+    return [{"a": f"{s}, KD", "b": f"{s}, hard labels", "metric": PRIMARY_METRIC, "higher_is_better": True}
+            for s in sizes]
 
 
 def from_controls(paths, out: Path) -> dict:
@@ -109,6 +128,9 @@ def main() -> None:
         return
     if a.merge:
         doc = merge_results(a.merge, a.out, ("bleu", "ser"))
+        sizes = list(dict.fromkeys(r["size"] for r in doc["runs"] if r["seed"] is not None))
+        doc = update_results(a.out, primary_metric=PRIMARY_METRIC, design=DESIGN, comparisons=comparisons(sizes),
+                             paired=paired_comparisons(doc["runs"], doc["seeds"], comparisons(sizes)))
         for m, s in doc["summary"]["bleu"].items():
             print(f"{m:<22} BLEU {s['mean']:6.2f} ± {s['std']:.2f} (n={s['n']})")
         print(f"wrote {a.out} ({len(doc['seeds'])} seeds)")
@@ -148,6 +170,8 @@ def main() -> None:
               "the distilled largest student beats the distilled smallest one", problems)
         sys.exit(1 if problems else 0)
     write_results(a.out, seeds, runs, threads=a.threads, summary={k: summarise(runs, k) for k in ("bleu", "ser")},
+                  primary_metric=PRIMARY_METRIC, design=DESIGN, comparisons=comparisons(sizes),
+                  paired=paired_comparisons(runs, seeds, comparisons(sizes)) if len(seeds) > 1 else [],
                   setup={"steps": steps, "lr": a.lr, "batch_size": a.batch_size, "labelled_pairs": len(ctx["labelled"]),
                          "transfer_inputs": num_transfer, "test_inputs": test_items, "temperature": 1.0, "alpha": 0.5,
                          "sizes": {s: {"preset": SIZES[s][0], **SIZES[s][1]} for s in sizes}})
