@@ -12,7 +12,13 @@ alpha = 0 is hard labels only and does not depend on T, so it is trained once pe
 stored with ``temperature: null``.
 
 Per (T, alpha, seed): held-out perplexity of the student (at T = 1, on the last 10% of the
-text) and the teacher's per-character NLL of the student's samples (as in lm_divergences).
+text; the primary metric) and the teacher's per-character NLL of the student's samples, the
+mean over three sampling draws whose seeds (``lm_divergences.DRAWS``) are the same for every
+cell and training seed, so sampling noise is not mixed into seed noise.
+
+One learning rate for every cell (``DESIGN``): a record beside ``temperature_alpha_lr.py``,
+which chooses the rate per cell on validation data. The grid is descriptive; its one planned
+comparison is the tuned grid's, T = 4 against T = 1 at alpha = 0.5, paired by seed.
 """
 from __future__ import annotations
 
@@ -22,12 +28,25 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's distilkit
-from _common import RESULTS, check, merge_results, summarise, write_results  # noqa: E402
-from lm_divergences import cached_logits, load, sample_metrics, train_lm_student  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    check,
+    merge_results,
+    paired_comparisons,
+    summarise,
+    update_results,
+    write_results,
+)
+from lm_divergences import DRAWS, cached_logits, load, sample_metrics, train_lm_student  # noqa: E402
 
 TEMPERATURES = [1.0, 2.0, 4.0, 8.0]
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 METRICS = ("perplexity", "teacher_nll")
+PRIMARY_METRIC = "perplexity"
+DESIGN = ("one learning rate (--lr) for every cell, 500 steps, final weights; a record beside "
+          "temperature_alpha_lr.py, which chooses the rate per cell on validation data")
+COMPARISONS = [{"a": "T=4, alpha=0.5", "b": "T=1, alpha=0.5", "metric": PRIMARY_METRIC,
+                "higher_is_better": False}]
 
 
 def cell_name(temperature, alpha: float) -> str:
@@ -47,7 +66,7 @@ def run(ctx, temperature, alpha: float, seed: int, steps: int, lr: float) -> dic
     dk = ctx["dk"]
     examples, targets = cell_data(ctx, temperature, alpha)
     student, seconds, cpu_seconds = train_lm_student(ctx, seed, steps, lr, examples, targets)
-    samples = sample_metrics(ctx, student, seed)
+    samples = sample_metrics(ctx, student, seed, DRAWS)
     return {"seed": seed, "method": cell_name(temperature, alpha), "temperature": temperature if alpha else None,
             "alpha": alpha, "params": dk.count_parameters(student), "steps": steps,
             "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
@@ -83,6 +102,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.merge:
         doc = merge_results(a.merge, a.out, METRICS)
+        doc = update_results(a.out, primary_metric=PRIMARY_METRIC, design=DESIGN, comparisons=COMPARISONS,
+                             paired=paired_comparisons(doc["runs"], doc["seeds"], COMPARISONS))
         print_grid(doc["runs"])
         print(f"wrote {a.out} ({len(doc['seeds'])} seeds)")
         return
@@ -124,10 +145,12 @@ def main() -> None:
                   f"T = {T:g}, alpha = {alpha:g} beats hard labels alone on held-out perplexity", problems)
         sys.exit(1 if problems else 0)
     summary = {k: summarise(runs, k) for k in METRICS}
-    write_results(a.out, seeds, runs, threads=a.threads, summary=summary,
+    paired = paired_comparisons(runs, seeds, COMPARISONS) if len(seeds) > 1 else []
+    write_results(a.out, seeds, runs, threads=a.threads, summary=summary, primary_metric=PRIMARY_METRIC,
+                  design=DESIGN, comparisons=COMPARISONS, paired=paired,
                   setup={"steps": steps, "lr": a.lr, "block": 64, "batch_size": 32, "small_fraction": 0.1,
                          "temperatures": temps, "alphas": alphas, "small_windows": len(ctx["small"]),
-                         "held_out_windows": len(ctx["held"]),
+                         "held_out_windows": len(ctx["held"]), "sampling_draws": list(DRAWS),
                          "teacher": ctx["meta"].get("extra", {}).get("info", {})})
     print(f"wrote {a.out}")
 
