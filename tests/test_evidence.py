@@ -175,18 +175,26 @@ def test_student_size_selected_makes_every_choice_on_validation_data():
         assert doc["tuning"][r["size"]]["seed"] not in doc["seeds"]
 
 
+def _script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def _seeded(doc, key="method"):
+    return list(dict.fromkeys(r[key] for r in doc["runs"] if r["seed"] is not None))
+
+
 def test_topk_cache_fixes_its_margins_chooses_on_validation_and_its_pairs_recompute():
     """benchmarks/topk_cache.py: the equivalence margins and the primary metric are the ones the
     script fixes, every run's checkpoint is its earliest lowest validation NLL, and the stored
     paired comparisons (every cache size against the live teacher) recompute from the runs."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "topk_cache.py"
-    spec = importlib.util.spec_from_file_location("topk_cache_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    doc = load_results("topk_cache")
+    script, doc = _script("topk_cache"), load_results("topk_cache")
     assert doc["primary_metric"] == script.PRIMARY_METRIC == "test_nll"
     assert doc["margins"] == script.MARGINS and len(doc["seeds"]) >= 5
     setup = doc["setup"]
@@ -202,5 +210,30 @@ def test_topk_cache_fixes_its_margins_chooses_on_validation_and_its_pairs_recomp
         c = compare([by[p["a"], s][p["metric"]] for s in doc["seeds"]],
                     [by[p["b"], s][p["metric"]] for s in doc["seeds"]],
                     higher_is_better=p["higher_is_better"], margin=p["margin"])
+        assert (round(c.effect, 5), round(c.low, 5), round(c.high, 5), c.verdict) == (
+            p["diff"], p["low"], p["high"], p["verdict"])
+
+
+PLANNED = {  # each record's planned comparisons, as its script lists them
+    "quality": lambda script, doc: script.comparisons(_seeded(doc)),
+    "student_size": lambda script, doc: script.comparisons(_seeded(doc, "size")),
+    "temperature_alpha": lambda script, doc: script.COMPARISONS,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLANNED))
+def test_fixed_budget_records_state_their_design_and_their_pairs_recompute(name):
+    """The fixed-budget records (quality.py, student_size.py, the one-rate temperature_alpha.py):
+    the primary metric, the design and the planned comparisons are the script's, and every stored
+    paired difference recomputes from the runs, paired by seed."""
+    script, doc = _script(name), load_results(name)
+    assert len(doc["seeds"]) >= 3
+    assert doc["primary_metric"] == script.PRIMARY_METRIC and doc["design"] == script.DESIGN
+    assert doc["comparisons"] == PLANNED[name](script, doc) != []
+    assert [(p["a"], p["b"]) for p in doc["paired"]] == [(c["a"], c["b"]) for c in doc["comparisons"]]
+    by = {(r["method"], r["seed"]): r for r in doc["runs"]}
+    for p in doc["paired"]:
+        c = compare([by[p["a"], s][p["metric"]] for s in doc["seeds"]],
+                    [by[p["b"], s][p["metric"]] for s in doc["seeds"]], higher_is_better=p["higher_is_better"])
         assert (round(c.effect, 5), round(c.low, 5), round(c.high, 5), c.verdict) == (
             p["diff"], p["low"], p["high"], p["verdict"])
